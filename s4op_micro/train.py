@@ -1,0 +1,277 @@
+"""Training and evaluation: `s4op-micro train`, `eval`, `info`.
+
+AdamW with the SSM parameters in their own group (lower lr, no weight decay, as s4d.py), a cosine
+schedule, best-on-validation checkpointing, and determinism for a fixed seed on CPU. `fit` is
+also what the pruning controller's fine-tunes call; `forward_fn` is the hook for quantization-aware
+fine-tuning (a callable (model, x) -> logits that runs the fake-quantized model).
+"""
+
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .checkpoint import load_model, save_checkpoint
+from .data import load_dataset
+from .errors import UserError
+from .models import SequenceClassifier
+from .models.layer import KERNELS
+from .outdir import atomic_output_dir
+
+# Small enough for 2 CPU cores, big enough to reach the accuracies in benchmarks/.
+DATASET_DEFAULTS = {
+    "gunpoint": dict(d_model=32, d_state=32, n_layers=2, epochs=60, lr=0.01, batch_size=16),
+    "arrowhead": dict(d_model=32, d_state=32, n_layers=2, epochs=80, lr=0.01, batch_size=12),
+    "basicmotions": dict(d_model=32, d_state=32, n_layers=2, epochs=60, lr=0.01, batch_size=8),
+    "digits": dict(d_model=32, d_state=32, n_layers=2, epochs=15, lr=0.01, batch_size=32),
+}
+GENERIC_DEFAULTS = dict(d_model=64, d_state=64, n_layers=4, epochs=30, lr=0.01, batch_size=32)
+SSM_LR = 0.001
+
+
+def set_seed(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def make_optimizer(model, lr, weight_decay=0.01):
+    ssm = {id(p) for p in model.ssm_parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in ssm], "lr": lr, "weight_decay": weight_decay}]
+    ssm_params = [p for p in model.parameters() if id(p) in ssm]
+    if ssm_params:
+        groups.append({"params": ssm_params, "lr": min(lr, SSM_LR), "weight_decay": 0.0})
+    return torch.optim.AdamW(groups)
+
+
+def batches(x, y, batch_size, generator=None):
+    order = torch.randperm(len(x), generator=generator) if generator is not None else torch.arange(len(x))
+    for i in range(0, len(x), batch_size):
+        idx = order[i : i + batch_size]
+        yield x[idx], y[idx]
+
+
+def as_tensors(x, y):
+    x = torch.as_tensor(x)
+    return (x.long() if not x.is_floating_point() else x.float()), torch.as_tensor(y).long()
+
+
+@torch.no_grad()
+def evaluate(model, x, y, batch_size=256, forward_fn=None):
+    """accuracy (fraction), mean loss, per-class [correct, total] and predictions."""
+    forward_fn = forward_fn or (lambda m, xb: m(xb))
+    model.eval()
+    x, y = as_tensors(x, y)
+    logits = torch.cat([forward_fn(model, xb) for xb, _ in batches(x, y, batch_size)]) if len(x) else torch.zeros(0, 1)
+    pred = logits.argmax(-1)
+    n_classes = model.config["n_classes"]
+    per_class = [[int(((pred == c) & (y == c)).sum()), int((y == c).sum())] for c in range(n_classes)]
+    return {
+        "accuracy": float((pred == y).float().mean()) if len(y) else 0.0,
+        "loss": float(F.cross_entropy(logits, y)) if len(y) else 0.0,
+        "per_class": per_class,
+        "n": int(len(y)),
+        "predictions": pred.tolist(),
+    }
+
+
+def fit(model, data, epochs, lr, batch_size=32, weight_decay=0.01, seed=0, patience=None,
+        progress=True, desc="train", forward_fn=None):
+    """Train in place; keep the weights of the best validation accuracy (ties: lower val loss).
+
+    Returns {"best_epoch", "val_accuracy", "val_loss", "epochs_run", "seconds"}.
+    patience: stop after this many epochs without improvement (early stopping for fine-tunes).
+    """
+    set_seed(seed)
+    forward_fn = forward_fn or (lambda m, xb: m(xb))
+    x, y = as_tensors(data.x_train, data.y_train)
+    opt = make_optimizer(model, lr, weight_decay)
+    steps = max(1, epochs * ((len(x) + batch_size - 1) // batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    gen = torch.Generator().manual_seed(seed)
+    best = (-1.0, float("inf"))
+    best_state, best_epoch, since_best, epoch = copy.deepcopy(model.state_dict()), 0, 0, 0
+    start = time.time()
+    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    for epoch in bar:
+        model.train()
+        for xb, yb in batches(x, y, batch_size, gen):
+            if len(xb) < 2 and model.config["norm"] == "batch":
+                continue  # BatchNorm cannot train on a single sample
+            loss = F.cross_entropy(forward_fn(model, xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        val = evaluate(model, data.x_val, data.y_val, forward_fn=forward_fn)
+        score = (val["accuracy"], val["loss"])
+        if score[0] > best[0] or (score[0] == best[0] and score[1] < best[1]):
+            best, best_state, best_epoch, since_best = score, copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            since_best += 1
+        bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{val['accuracy']:.3f}", best=f"{best[0]:.3f}")
+        if patience is not None and since_best >= patience:
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    return {"best_epoch": best_epoch, "val_accuracy": best[0], "val_loss": best[1],
+            "epochs_run": epoch + 1, "seconds": time.time() - start}
+
+
+# --- dataset <-> checkpoint -------------------------------------------------------------------
+
+def dataset_record(data, args):
+    """What a checkpoint keeps about its dataset: how to reload it and its shape facts."""
+    return {
+        "name": None if getattr(args, "data", None) else data.name,
+        "data": str(Path(args.data).resolve()) if getattr(args, "data", None) else None,
+        "root": getattr(args, "root", None),
+        "n_channels": data.n_channels, "seq_len": data.seq_len, "n_classes": data.n_classes,
+        "vocab_size": data.vocab_size, "class_names": list(data.class_names), "source": data.source,
+    }
+
+
+def load_data_for(ckpt, args):
+    """The dataset named on the command line, else the checkpoint's; checked against the model and
+    put through the checkpoint's normalization."""
+    rec = ckpt["dataset"]
+    name, path = getattr(args, "dataset", None), getattr(args, "data", None)
+    if not name and not path:
+        name, path = rec.get("name"), rec.get("data")
+    data = load_dataset(name=name, data=path, root=getattr(args, "root", None) or rec.get("root"),
+                        max_train=getattr(args, "max_train", None))
+    cfg = ckpt["config"]
+    if not cfg.get("vocab_size") and data.n_channels != cfg["d_input"]:
+        raise UserError(f"data has {data.n_channels} input channels but the model expects {cfg['d_input']}; pass the dataset it was trained on")
+    if data.n_classes > cfg["n_classes"]:
+        raise UserError(f"data has {data.n_classes} classes but the model has {cfg['n_classes']}; pass the dataset it was trained on")
+    renormalize(data, data.normalization, ckpt["normalization"])
+    return data
+
+
+def renormalize(data, current, wanted):
+    """Re-express normalized inputs under another (the checkpoint's) normalization, in place."""
+    if not current or not wanted or current == wanted:
+        return
+    m0, s0 = np.asarray(current["mean"], np.float32), np.asarray(current["std"], np.float32)
+    m1, s1 = np.asarray(wanted["mean"], np.float32), np.asarray(wanted["std"], np.float32)
+    for split in ("x_train", "x_val", "x_test"):
+        x = getattr(data, split)
+        setattr(data, split, (((x * s0 + m0) - m1) / s1).astype(np.float32))
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+def add_data_args(p, required=True):
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("--dataset", help="a shipped dataset (see `s4op-micro datasets`)")
+    g.add_argument("--data", help="your own .npz with x_train, y_train, x_test, y_test")
+    p.add_argument("--root", help="directory with the standard files of smnist / listops")
+    p.add_argument("--max-train", type=int, help="use at most this many training sequences")
+
+
+def cmd_train(args):
+    from .cli import emit
+
+    data = load_dataset(name=args.dataset, data=args.data, root=args.root, max_train=args.max_train, seed=args.seed)
+    defaults = DATASET_DEFAULTS.get(data.name, GENERIC_DEFAULTS)
+    hp = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in defaults.items()}
+    set_seed(args.seed)
+    model = SequenceClassifier(
+        data.n_channels, data.n_classes, d_model=hp["d_model"], d_state=hp["d_state"], n_layers=hp["n_layers"],
+        ssm=args.ssm, norm=args.norm, prenorm=args.prenorm, dropout=args.dropout, init=args.init,
+        disc=args.disc or ("bilinear" if args.ssm == "s4" else "zoh"), vocab_size=data.vocab_size,
+    )
+    with atomic_output_dir(args.out, force=args.force) as tmp:
+        history = fit(model, data, hp["epochs"], hp["lr"], hp["batch_size"], seed=args.seed,
+                      progress=not args.quiet, desc=f"train {data.name}")
+        test = evaluate(model, data.x_test, data.y_test)
+        metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "val_accuracy": history["val_accuracy"],
+                   "train_seconds": history["seconds"], "best_epoch": history["best_epoch"], "hyperparameters": hp,
+                   "seed": args.seed}
+        save_checkpoint(tmp / "model.pt", model, data.normalization, dataset_record(data, args), metrics)
+    result = {"model": str(Path(args.out) / "model.pt"), "dataset": data.name, "accuracy": test["accuracy"],
+              "val_accuracy": history["val_accuracy"], "params": n_params(model), "train_seconds": history["seconds"]}
+    emit(args, result, lambda r: (
+        f"trained {r['dataset']}: test accuracy {r['accuracy']:.4f} (val {r['val_accuracy']:.4f}), "
+        f"{r['params']} parameters, {r['train_seconds']:.1f} s -> {r['model']}"))
+    return 0
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def cmd_eval(args):
+    from .cli import emit
+
+    model, ckpt = load_model(args.model)
+    data = load_data_for(ckpt, args)
+    res = evaluate(model, data.x_test, data.y_test)
+    res.pop("predictions")
+    res["dataset"] = data.name
+    emit(args, res, lambda r: (
+        f"{r['dataset']}: test accuracy {r['accuracy']:.4f} ({r['n']} sequences), loss {r['loss']:.4f}\n"
+        + "per class [correct/total]: " + ", ".join(f"{c}/{t}" for c, t in r["per_class"])))
+    return 0
+
+
+def cmd_info(args):
+    from .cli import emit
+
+    model, ckpt = load_model(args.model)
+    H = model.config["d_model"]
+    result = {
+        "config": model.config, "params": n_params(model), "dataset": ckpt["dataset"], "metrics": ckpt["metrics"],
+        "active_operators": model.active_operators, "removed_operators": model.removed_operators,
+        "operators_kept": [len(a) for a in model.active_operators], "operators_total": H * len(model.layers),
+        "pruning": ckpt.get("pruning"),
+    }
+
+    def human(r):
+        lines = [f"model {args.model}: {r['config']['ssm']} x{r['config']['n_layers']}, H={H}, N={r['config']['d_state']}, "
+                 f"{r['params']} parameters, dataset {r['dataset'].get('name') or r['dataset'].get('data')}"]
+        for i, (act, rem) in enumerate(zip(r["active_operators"], r["removed_operators"])):
+            lines.append(f"  layer {i}: {len(act)}/{H} operators active, {len(rem)} removed, {H - len(act) - len(rem)} bypassed"
+                         + (f"  active={act}" if len(act) < H else ""))
+        acc = r["metrics"].get("test_accuracy")
+        if acc is not None:
+            lines.append(f"  test accuracy {acc:.4f}")
+        return "\n".join(lines)
+
+    emit(args, result, human)
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser("train", help="train an S4D/S4 classifier", description="Train an S4D/S4 sequence classifier; writes DIR/model.pt.")
+    add_data_args(p)
+    p.add_argument("--out", required=True, help="output directory (gets model.pt)")
+    p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    for name, typ in [("epochs", int), ("d-model", int), ("d-state", int), ("n-layers", int), ("lr", float), ("batch-size", int)]:
+        p.add_argument(f"--{name}", type=typ, help="default: per dataset")
+    p.add_argument("--ssm", choices=sorted(KERNELS), default="s4d")
+    p.add_argument("--norm", choices=["batch", "layer"], default="batch")
+    p.add_argument("--prenorm", action="store_true", help="pre-norm blocks (default post-norm)")
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--init", choices=["lin", "inv", "real"], default="lin", help="S4D initialization")
+    p.add_argument("--disc", choices=["zoh", "bilinear"], help="discretization (default zoh for s4d, bilinear for s4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="test accuracy of a checkpoint")
+    p.add_argument("model", help="checkpoint (model.pt)")
+    add_data_args(p, required=False)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("info", help="configuration, parameters and active operators of a checkpoint")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
