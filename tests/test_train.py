@@ -18,8 +18,8 @@ def run_cli(capsys, *argv):
 @pytest.fixture(scope="module")
 def digits_model(tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "digits"
-    code = main(["train", "--dataset", "digits", "--out", str(out), "--epochs", "2", "--d-model", "16",
-                 "--d-state", "8", "--n-layers", "1", "--max-train", "400", "--quiet", "--json"])
+    code = main(["train", "--dataset", "digits", "--out", str(out), "--epochs", "15", "--d-model", "16",
+                 "--d-state", "8", "--n-layers", "1", "--max-train", "600", "--batch-size", "16", "--quiet", "--json"])
     assert code == 0
     return out / "model.pt"
 
@@ -30,8 +30,9 @@ def test_train_writes_checkpoint_with_all_keys(digits_model):
         assert key in ckpt
     assert ckpt["active_operators"] == [list(range(16))]
     assert len(ckpt["normalization"]["mean"]) == 1
-    # 2 epochs on 400 digits already beat chance (0.1) by far; the full defaults reach >= 0.95 (benchmarks/).
-    assert ckpt["metrics"]["test_accuracy"] > 0.5
+    # This 1-layer H=16 model on 480 training digits reaches ~0.78 (chance: 0.1); the full defaults
+    # reach >= 0.95 (benchmarks/). 0.6 leaves room for platform noise and still catches a broken trainer.
+    assert ckpt["metrics"]["test_accuracy"] > 0.6
 
 
 def test_eval_and_info_json(digits_model, capsys):
