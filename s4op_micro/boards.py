@@ -76,7 +76,8 @@ class Board:
     def to_dict(self):
         d = asdict(self)
         d["arch_flags"] = list(self.arch_flags)
-        d.update(kind=self.kind, emulated=self.emulated, icount_shift=self.icount_shift)
+        d.update(kind=self.kind, emulated=self.emulated, icount_shift=self.icount_shift,
+                 cpi=CORE_CPI.get(self.cpu, (None,))[0])
         for k in ("flash_origin", "ram_origin"):
             d[k] = hex(d[k])
         return d
@@ -150,6 +151,37 @@ BOARDS = {b.name: b for b in [
 ]}
 
 
+# Cycles per instruction assumed when an emulator instruction count is turned into a cycle estimate
+# (QEMU is not cycle-accurate). Rough figures for this kind of code (int8/int16 loops with 64-bit
+# requantization; ~25% loads/stores, ~10% taken branches), zero-wait-state memory:
+#  - M0+/M3/M4 from the instruction timings of their Technical Reference Manuals: data processing 1
+#    cycle; single loads 2 (M3/M4: back-to-back loads pipelined to 1); taken branches 1+P, P = 1..3
+#    (M0+: 2-stage pipeline, taken B 2, BL 3); MUL 1 (M0+ with the fast multiplier); 32x32->64
+#    SMULL/SMLAL 3..5 cycles on M3 (Cortex-M3 TRM DDI0337, Table 18.1) and 1 on M4 (Cortex-M4 TRM
+#    DDI0439, section 3.3.1).
+#  - M7, M33, M55 (same Thumb-2 code, so about the same instruction count as the M4): the M4 figure
+#    scaled by Arm's published CoreMark/MHz, M4 3.42 : M7 5.01 : M33 4.02 : M55 4.2 (Arm Cortex-M
+#    processor comparison pages), i.e. cpi = 1.30 * 3.42 / CoreMark/MHz.
+# Real cycles come from the DWT counter on a board (`s4op-micro profile --port`).
+CORE_CPI = {
+    "cortex-m0": (1.35, "Cortex-M0 TRM: 3-stage pipeline, loads 2, taken branches 3"),
+    "cortex-m0plus": (1.35, "Cortex-M0+ TRM (DDI0484): loads/stores 2, taken branches 2 (BL 3), MULS 1"),
+    "cortex-m3": (1.40, "Cortex-M3 TRM (DDI0337) Table 18.1: loads 2 (pipelined 1), taken branches 1+P, SMULL 3-5"),
+    "cortex-m4": (1.30, "Cortex-M4 TRM (DDI0439) 3.3.1: as M3 but single-cycle SMULL/SMLAL/SMLAD"),
+    "cortex-m7": (0.89, "M4's 1.30 x CoreMark/MHz 3.42/5.01 (dual-issue 6-stage pipeline)"),
+    "cortex-m33": (1.11, "M4's 1.30 x CoreMark/MHz 3.42/4.02"),
+    "cortex-m55": (1.06, "M4's 1.30 x CoreMark/MHz 3.42/4.2 (scalar code; no MVE in these kernels)"),
+}
+
+
+def core_cpi(board):
+    """(cycles per instruction, basis) assumed for the board's core."""
+    board = get_board(board)
+    if board.cpu not in CORE_CPI:
+        raise UserError(f"no cycles-per-instruction figure for cpu {board.cpu!r} (boards.CORE_CPI)")
+    return CORE_CPI[board.cpu]
+
+
 def get_board(name):
     """The Board called `name` (a Board passes through); UserError listing the known names."""
     if isinstance(name, Board):
@@ -166,13 +198,16 @@ def _fmt_bytes(n):
 
 
 def _human(rows):
-    head = f"{'board':18} {'cpu':14} {'flash':>7} {'RAM':>7} {'clock':>8}  {'dsp':3} {'mve':3} {'fpu':4} {'qemu':11} pyocd"
+    head = f"{'board':18} {'cpu':14} {'flash':>7} {'RAM':>7} {'clock':>8}  {'dsp':3} {'mve':3} {'fpu':4} {'cpi':>4} {'qemu':11} pyocd"
     lines = [head, "-" * len(head)]
     for b in rows:
         lines.append(f"{b['name']:18} {b['cpu']:14} {_fmt_bytes(b['flash_bytes']):>7} {_fmt_bytes(b['ram_bytes']):>7} "
                      f"{b['clock_hz'] / 1e6:>5.0f}MHz  {'yes' if b['dsp'] else '-':3} {'yes' if b['mve'] else '-':3} "
-                     f"{b['fpu']:4} {b['qemu_machine'] or '-':11} {b['pyocd_target'] or '-'}")
+                     f"{b['fpu']:4} {b['cpi'] or 0:>4.2f} {b['qemu_machine'] or '-':11} {b['pyocd_target'] or '-'}")
     lines.append("")
+    lines.append("cpi: cycles per instruction assumed when an emulator instruction count is turned into a cycle "
+                 "estimate (boards.CORE_CPI):")
+    lines += [f"  {cpu}: {cpi:g} ({basis})" for cpu, (cpi, basis) in CORE_CPI.items()]
     lines += [f"{b['name']}: {b['description']}" for b in rows]
     return "\n".join(lines)
 

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "s4op_micro.data",
     "s4op_micro.train",
     "s4op_micro.prune",
+    "s4op_micro.export.commands",
     "s4op_micro.boards",
     "s4op_micro.firmware",
     "s4op_micro.pipeline",

@@ -1,6 +1,8 @@
 """Firmware: build the exported model with the benchmark main, run it (QEMU or host), parse its
-measurement lines, flash a board, read a board's serial output. Commands: `build`, `flash`,
-`profile` (`run` is registered elsewhere and calls these functions).
+measurement lines, flash a board, read a board's serial output, write the Makefile/CMakeLists.txt of
+an export. Commands: `build`, `flash`, `profile` (--port, --log, --emulator, --lut). `run --emulator
+qemu` (registered by the export stage) calls `cmd_run_qemu`, and the pruning oracles call
+`measure_cycles`: both are implemented in s4op_micro.emulator.
 
 The firmware prints one record per line (see firmware/bench_main.c):
     S4OP seq i=<i> label=<y> pred=<argmax> steps=<L> cost=<cost> scores=<s0>,<s1>,...
@@ -12,6 +14,7 @@ instructions ("insn", QEMU -icount + SysTick), board core cycles ("cycle", DWT C
 on ARMv6-M) or nothing ("none", host builds).
 """
 
+import contextlib
 import json
 import os
 import re
@@ -134,7 +137,12 @@ def _config_defines(board, host, user_defines):
     return defs, unit, shift
 
 
+_QUIET = False   # set by quiet_builds(): the pruning oracle builds many firmwares
+
+
 def _progress(tag, msg):
+    if _QUIET:
+        return
     sys.stderr.write(f"[{tag}] {msg}\n")   # one write per line: compiles run in parallel
     sys.stderr.flush()
 
@@ -200,6 +208,18 @@ def _project_board(project_dir):
     return None
 
 
+def compile_flags(board, host=False, defines=(), opt="-O2"):
+    """The flags of a firmware build, without include paths (shared by `build` and the Makefile and
+    CMakeLists.txt that `export` writes): {"arch", "common" (optimization, warnings, sections),
+    "defines" (configuration + user, without -D), "link" (without -T/-L/-Map), "unit", "shift"}."""
+    cfg, unit, shift = _config_defines(board, host, list(defines))
+    arch = [] if host else [f"-mcpu={board.cpu}", *board.arch_flags]
+    common = [opt, "-g", "-ffunction-sections", "-fdata-sections", "-fno-common", *STRICT_CFLAGS]
+    link = [] if host else ["-nostartfiles", "--specs=nano.specs", "-Wl,--gc-sections",
+                            f"-Wl,--defsym=_s4op_stack_size={board.stack_bytes}"]
+    return {"arch": arch, "common": common, "defines": cfg + list(defines), "link": link, "unit": unit, "shift": shift}
+
+
 def build(project_dir, board, host=False, out_dir=None, defines=(), extra_sources=(), opt="-O2"):
     """Compile project_dir/src/*.c (+ include/) with the board support and bench_main.c.
 
@@ -222,11 +242,10 @@ def build(project_dir, board, host=False, out_dir=None, defines=(), extra_source
     fw = firmware_dir()
     tag = f"build {name}"
 
-    cfg, unit, shift = _config_defines(board, host, list(defines))
-    dflags = [f"-D{d}" for d in cfg + list(defines)]
-    arch = [] if host else [f"-mcpu={board.cpu}", *board.arch_flags]
-    cflags = [*arch, opt, "-g", "-ffunction-sections", "-fdata-sections", "-fno-common", *STRICT_CFLAGS,
-              f"-I{project / 'include'}", f"-I{project / 'src'}", f"-I{fw}", *dflags]
+    flags = compile_flags(board, host, defines, opt)
+    unit, shift, arch = flags["unit"], flags["shift"], flags["arch"]
+    cflags = [*arch, *flags["common"], f"-I{project / 'include'}", f"-I{project / 'src'}", f"-I{fw}",
+              *(f"-D{d}" for d in flags["defines"])]
 
     fw_sources = [fw / s for s in (HOST_FIRMWARE_SOURCES if host else FIRMWARE_SOURCES)]
     if not host and board.boot2:
@@ -252,9 +271,8 @@ def build(project_dir, board, host=False, out_dir=None, defines=(), extra_source
     else:
         ld = out / f"s4op_{board.name}.ld"
         ld.write_text(linker_script(board))
-        link = [tc["gcc"], *arch, *objects, "-o", exe, "-nostartfiles", "--specs=nano.specs",
-                "-Wl,--gc-sections", f"-Wl,-Map={out / 'firmware.map'}", f"-L{fw}", f"-T{ld}",
-                f"-Wl,--defsym=_s4op_stack_size={board.stack_bytes}"]
+        link = [tc["gcc"], *arch, *objects, "-o", exe, *flags["link"], f"-Wl,-Map={out / 'firmware.map'}",
+                f"-L{fw}", f"-T{ld}"]
     _progress(tag, f"link {exe.name}")
     proc, err = _run_tool(link, "linking", log)
     if err:
@@ -282,6 +300,58 @@ def build(project_dir, board, host=False, out_dir=None, defines=(), extra_source
     if not host:
         check_fit(res, board)
     return res
+
+
+@contextlib.contextmanager
+def quiet_builds():
+    """No per-step progress lines from `build` inside the block (many firmwares in a row)."""
+    global _QUIET
+    old, _QUIET = _QUIET, True
+    try:
+        yield
+    finally:
+        _QUIET = old
+
+
+# ---------------------------------------------------------------------------------------------
+# the build files written next to an export (Makefile, CMakeLists.txt, firmware/)
+
+BUILD_FILES = ["s4op_board.h", "s4op_counter.h", "s4op_sections.ld", *FIRMWARE_SOURCES]
+BOOT2_FILES = ["s4op_boot2_rp2040.S", "s4op_boot2_image.py"]
+
+
+def write_build_files(out_dir, board):
+    """Makefile + CMakeLists.txt in out_dir and the board support in out_dir/firmware/ (the sources,
+    the shared sections and this board's linker script), so that `make` (or cmake) builds the same
+    firmware as `s4op-micro build` with the user's own arm-none-eabi toolchain: same flags, same
+    objects in the same link order. Returns the paths written."""
+    import jinja2
+
+    from . import __version__
+    from .resources import templates_dir
+
+    board = get_board(board)
+    out = Path(out_dir)
+    fw_out = out / "firmware"
+    fw_out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in BUILD_FILES + (BOOT2_FILES if board.boot2 else []):
+        shutil.copyfile(firmware_dir() / name, fw_out / name)
+        written.append(fw_out / name)
+    ld = fw_out / f"s4op_{board.name}.ld"
+    ld.write_text(linker_script(board))
+    written.append(ld)
+    flags = compile_flags(board)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir() / "firmware")),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             trim_blocks=True, lstrip_blocks=True)
+    qemu = qemu_command("firmware.elf", board)[1:-2] if board.emulated else None   # without the binary and -kernel ELF
+    ctx = {"version": __version__, "board": board, "flags": flags, "ld": ld.name,
+           "fw_sources": [f"firmware/{s}" for s in FIRMWARE_SOURCES], "qemu": qemu}
+    for name in ("Makefile", "CMakeLists.txt"):
+        (out / name).write_text(env.get_template(name + ".j2").render(**ctx))
+        written.append(out / name)
+    return written
 
 
 def check_fit(res, board):
@@ -650,25 +720,104 @@ def _profile_emulator(args):
     return summarize(run_qemu(res.elf, board, timeout=args.timeout).lines)
 
 
-# Where `profile` gets its measurements: (option strings, argparse kwargs, handler(args) -> report).
-# Add a source (e.g. --lut) by appending here; exactly one is given per call.
+def _parse_widths(text):
+    try:
+        return sorted({int(w) for w in text.split(",") if w.strip()})
+    except ValueError:
+        raise UserError(f"--widths {text!r}: give comma-separated operator counts, e.g. 0,4,8") from None
+
+
+def _profile_lut(args):
+    """profile --lut: per-layer cost by width in QEMU, written as the pruning latency table."""
+    import argparse as _argparse
+
+    from .checkpoint import load_model
+    from .emulator import measure_lut
+    from .train import load_data_for
+
+    if not args.out:
+        raise UserError("--lut needs --out FILE.json (the table for prune --latency lut:FILE)")
+    ckpt_path = Path(args.model) if args.model else (Path(args.dir) / "model.pt" if args.dir else None)
+    if ckpt_path is None:
+        raise UserError("--lut needs the model to measure: --model MODEL.pt (or an export DIR with its model.pt)")
+    if not ckpt_path.is_file():
+        raise UserError(f"no checkpoint {ckpt_path}; pass --model MODEL.pt")
+    board_name = args.board or (_project_board(args.dir) if args.dir else None)
+    if not board_name:
+        raise UserError("--lut needs --board (see s4op-micro boards)")
+    model, ckpt = load_model(ckpt_path)
+    data = load_data_for(ckpt, _argparse.Namespace())
+    widths = _parse_widths(args.widths) if args.widths else None
+    lut = measure_lut(model, board_name, data, widths=widths, timeout=args.timeout,
+                      progress=lambda msg: _progress("profile --lut", msg))
+    lut["measured_with"]["model"] = str(ckpt_path)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(lut, indent=1))
+    tmp.replace(out)
+    return dict(lut, out=str(out))
+
+
+def format_lut(r):
+    lines = [f"latency table for {r['model']} on {r['board']} -> {r['out']}",
+             f"cycles per step = {r['cycles']}", f"fixed (outside the layers): {r['fixed']:.0f} cycles/step"]
+    widths = list(r["layers"][0]["width"])
+    lines.append("layer " + " ".join(f"{'w=' + w:>9}" for w in widths) + "  removed/operator")
+    for i, L in enumerate(r["layers"]):
+        lines.append(f"{i:>5} " + " ".join(f"{L['width'][w]:>9.0f}" for w in widths) + f"  {L['removed_column']:>9.1f}")
+    return "\n".join(lines)
+
+
+# Where `profile` gets its measurements: (option strings, argparse kwargs, handler(args) -> report,
+# formatter or None for format_report). Exactly one is given per call.
 PROFILE_SOURCES = [
-    (("--port",), dict(metavar="DEV", help="serial port of a board running the benchmark firmware"), _profile_port),
-    (("--log",), dict(metavar="FILE", help="a saved firmware output"), _profile_log),
-    (("--emulator",), dict(choices=["qemu"], help="build DIR for --board and run it in QEMU"), _profile_emulator),
+    (("--port",), dict(metavar="DEV", help="serial port of a board running the benchmark firmware"), _profile_port, None),
+    (("--log",), dict(metavar="FILE", help="a saved firmware output"), _profile_log, None),
+    (("--emulator",), dict(choices=["qemu"], help="build DIR for --board and run it in QEMU"), _profile_emulator, None),
+    (("--lut",), dict(action="store_const", const=True, default=None,
+                      help="measure per-layer cost by operators kept in QEMU (NetAdapt-style) and write the "
+                           "latency table for prune --latency lut:FILE (needs --board, --out, --model or DIR)"),
+     _profile_lut, format_lut),
 ]
 
 
 def cmd_profile(args):
     from .cli import emit
-    for flags, _, handler in PROFILE_SOURCES:
+    for flags, _, handler, fmt in PROFILE_SOURCES:
         if getattr(args, flags[0].lstrip("-").replace("-", "_"), None) is not None:
             report = handler(args)
             break
     else:  # pragma: no cover - argparse enforces one source
-        raise UserError("give one of " + ", ".join(f[0] for f, _, _ in PROFILE_SOURCES))
-    emit(args, report, format_report)
+        raise UserError("give one of " + ", ".join(f[0] for f, _, _, _ in PROFILE_SOURCES))
+    emit(args, report, fmt or format_report)
     return 0
+
+
+# --- the emulator stage's entry points (implemented in s4op_micro.emulator) ---------------------
+
+def cmd_run_qemu(args, ctx):
+    """`run DIR --emulator qemu` (dispatched from s4op_micro.export.commands.RUNNERS)."""
+    from .emulator import run_export
+
+    return run_export(args, ctx)
+
+
+def _run_qemu_details(r):
+    from .emulator import format_run
+
+    return format_run(r)
+
+
+cmd_run_qemu.details = _run_qemu_details
+
+
+def measure_cycles(model, board, where="emulator", calib_x=None, coeff_bits=8):
+    """Cycles per step of a model for prune --latency emulator|board (s4op_micro.prune.latency),
+    quantized on calib_x: {"cycles_per_step", "source", "instructions_per_step", "cached", ...}."""
+    from .emulator import measure_cycles as measure
+
+    return measure(model, board, where, calib_x=calib_x, coeff_bits=coeff_bits)
 
 
 def register(sub):
@@ -695,9 +844,12 @@ def register(sub):
     p = sub.add_parser("profile", help="measurement report from a board, a log or QEMU",
                        description="Summarize the benchmark firmware's S4OP lines: accuracy, cost per step, per-layer costs.")
     src = p.add_mutually_exclusive_group(required=True)
-    for flags, kwargs, _ in PROFILE_SOURCES:
+    for flags, kwargs, _, _ in PROFILE_SOURCES:
         src.add_argument(*flags, **kwargs)
-    p.add_argument("dir", nargs="?", help="export directory (with --emulator)")
+    p.add_argument("dir", nargs="?", help="export directory (with --emulator; with --lut: its model.pt)")
+    p.add_argument("--out", help="with --lut: the latency table to write (JSON)")
+    p.add_argument("--model", help="with --lut: the (unpruned) checkpoint to measure")
+    p.add_argument("--widths", help="with --lut: operators kept to measure, comma-separated (default 0,1,H/4,H/2,3H/4,H)")
     p.add_argument("--board", help="board for --emulator (default: DIR/model.json's board)")
     p.add_argument("--baud", type=int, default=115200)
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the run (default 60)")

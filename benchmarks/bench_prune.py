@@ -1,0 +1,200 @@
+"""Pruning benchmark: the published S4oP algorithm against the guided controller, rate by rate.
+
+    python benchmarks/bench_prune.py [--quick] [--datasets gunpoint,arrowhead,basicmotions,digits]
+
+Per dataset: train the default model (`s4op-micro train`, seed 0), then prune it at 30/50/70/90%
+with `s4op` and with `guided` under the same fine-tune budget (--seeds x --finetune-epochs epochs
+per rate at most), all through `s4op-micro prune`:
+
+  s4op          the published algorithm (random operators, best of --seeds by validation)
+  guided        operator granularity, Taylor scores: the same kind of pruning as s4op
+  guided-mixed  operators bypassed or removed, single modes and whole blocks, as the controller
+                finds cheapest per cycle saved (Taylor scores)
+  guided-hinf   as guided, with the H-infinity scores (ablation)
+
+Writes benchmarks/results/prune.json, prune.md (the table) and prune.png (accuracy vs cycles per
+timestep). Cycles come from --latency (default emulator: every kept model's firmware measured in
+QEMU; candidates ranked by the analytic estimate scaled to the latest measurement). A fifth run,
+guided-to-2x, prunes like guided-mixed until the cycles per step are halved. --quick: fewer seeds and epochs, digits capped at 400
+training sequences.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from s4op_micro.cli import main  # noqa: E402
+
+RATES = (0.3, 0.5, 0.7, 0.9)
+VARIANTS = {
+    "s4op": ["--strategy", "s4op"],
+    "guided": ["--strategy", "guided", "--granularity", "operator", "--score", "taylor"],
+    "guided-mixed": ["--strategy", "guided", "--granularity", "operator,removed,mode,block", "--score", "taylor"],
+    "guided-hinf": ["--strategy", "guided", "--granularity", "operator", "--score", "hinf"],
+}
+GUIDED = ("guided", "guided-mixed", "guided-hinf")
+# guided-mixed on until the cycles per step are halved (the issue's 2x), rate by rate
+TO_2X = ["--strategy", "guided", "--granularity", "operator,removed,mode,block", "--score", "taylor", "--target-ratio", "0.5"]
+STYLE = {"s4op": dict(marker="o", color="tab:blue"), "guided": dict(marker="s", color="tab:red"),
+         "guided-mixed": dict(marker="D", color="tab:green"), "guided-hinf": dict(marker="v", color="tab:orange")}
+
+
+def cli(*argv):
+    argv = [str(a) for a in argv]
+    print("$ s4op-micro " + " ".join(argv), file=sys.stderr, flush=True)
+    if main(argv) != 0:
+        raise SystemExit(f"s4op-micro {argv[0]} failed")
+
+
+def run_dataset(name, args, work):
+    data = ["--dataset", name] + (["--max-train", "400"] if args.quick and name == "digits" else [])
+    start = time.time()
+    cli("train", *data, "--out", work / "base", "--force", "--seed", "0", "--quiet")
+    seconds = {"train": round(time.time() - start, 1)}
+    budget = ["--rates", ",".join(map(str, RATES)), "--seeds", args.seeds, "--finetune-epochs", args.finetune_epochs,
+              "--board", args.board, "--latency", args.latency, "--workers", args.workers, "--seed", "0", "--quiet"]
+    models = {}
+    for variant, strategy in {**VARIANTS, "guided-to-2x": TO_2X}.items():
+        start = time.time()
+        out = work / variant
+        cli("prune", work / "base" / "model.pt", *data, "--out", out, "--force", *strategy, *budget)
+        entries = json.loads((out / "pareto.json").read_text())["models"]
+        models["unpruned"] = [e for e in entries if e["strategy"] == "unpruned"]
+        models[variant] = [e for e in entries if e["strategy"] != "unpruned"]
+        seconds[variant] = round(time.time() - start, 1)
+    return {"models": models, "seconds": seconds}
+
+
+def summarize(results):
+    """Per dataset: the issue's targets, checked on test accuracy and cycles per timestep."""
+    checks = {}
+    for name, r in results.items():
+        base = r["models"]["unpruned"][0]
+        at = {v: {e["rate"]: e for e in r["models"][v]} for v in VARIANTS}
+        checks[name] = {}
+        for variant in GUIDED:
+            g70 = at[variant].get(0.7)
+            checks[name][variant] = {
+                "drop_at_70_points": round(100 * (base["accuracy"] - g70["accuracy"]), 2) if g70 else None,
+                "speedup_at_70": round(base["cycles_per_step"] / g70["cycles_per_step"], 2) if g70 else None,
+                "beats_s4op_at": [rate for rate in RATES if rate in at[variant] and rate in at["s4op"]
+                                  and at[variant][rate]["accuracy"] > at["s4op"][rate]["accuracy"]],
+                "ties_s4op_at": [rate for rate in RATES if rate in at[variant] and rate in at["s4op"]
+                                 and at[variant][rate]["accuracy"] == at["s4op"][rate]["accuracy"]],
+            }
+        last = r["models"]["guided-to-2x"][-1]
+        checks[name]["guided-to-2x"] = {
+            "rate": last["pruned_fraction"], "drop_points": round(100 * (base["accuracy"] - last["accuracy"]), 2),
+            "speedup": round(base["cycles_per_step"] / last["cycles_per_step"], 2)}
+    return checks
+
+
+def markdown(results, checks, config):
+    lines = [f"# Pruning: S4oP vs guided ({config['mode']})", "",
+             f"Same fine-tune budget per rate: {config['seeds']} x {config['finetune_epochs']} epochs at most (s4op: "
+             f"{config['seeds']} candidates of {config['finetune_epochs']} epochs, early stopping). Test accuracy (%) and "
+             f"cycles per timestep ({config['cycles_source']}, {config['board']}). Rate = fraction of the SSM state pruned "
+             "(= of operators for s4op and guided).", ""]
+    for name, r in results.items():
+        base = r["models"]["unpruned"][0]
+        at = {v: {e["rate"]: e for e in r["models"][v]} for v in VARIANTS}
+        lines += [f"## {name}: unpruned {100 * base['accuracy']:.1f}%, {base['cycles_per_step']:.0f} cycles/step", "",
+                  "| rate | " + " | ".join(f"{v} acc" for v in VARIANTS) + " | " + " | ".join(f"{v} cycles (x fewer)" for v in VARIANTS) + " |",
+                  "|---" * (1 + 2 * len(VARIANTS)) + "|"]
+        for rate in RATES:
+            accs = [f"{100 * at[v][rate]['accuracy']:.1f}" if rate in at[v] else "-" for v in VARIANTS]
+            cyc = [f"{at[v][rate]['cycles_per_step']:.0f} ({base['cycles_per_step'] / at[v][rate]['cycles_per_step']:.2f}x)"
+                   if rate in at[v] else "-" for v in VARIANTS]
+            lines.append(f"| {rate:.0%} | " + " | ".join(accs) + " | " + " | ".join(cyc) + " |")
+        lines += ["", "time (s): " + ", ".join(f"{k} {v}" for k, v in r["seconds"].items()), ""]
+    lines += ["## Targets", "", "| dataset | variant | drop at 70% (points, <= 1) | cycles cut at 70% (>= 2x) | beats s4op at | ties at |",
+              "|---|---|---|---|---|---|"]
+    for name, per in checks.items():
+        for variant, c in per.items():
+            if variant == "guided-to-2x":
+                continue
+            lines.append(f"| {name} | {variant} | {c['drop_at_70_points']} | {c['speedup_at_70']}x | "
+                         f"{', '.join(f'{r:.0%}' for r in c['beats_s4op_at']) or '-'} | "
+                         f"{', '.join(f'{r:.0%}' for r in c['ties_s4op_at']) or '-'} |")
+    lines += ["", "guided-mixed pruned on (same rates and budget) until the cycles per step are halved "
+              "(`--target-ratio 0.5`):", "", "| dataset | state pruned | test accuracy drop (points) | cycles cut |",
+              "|---|---|---|---|"]
+    for name, per in checks.items():
+        c = per["guided-to-2x"]
+        lines.append(f"| {name} | {c['rate']:.1%} | {c['drop_points']} | {c['speedup']}x |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results, path, config):
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.8), squeeze=False)
+    for ax, (name, r) in zip(axes[0], results.items()):
+        base = r["models"]["unpruned"][0]
+        ax.plot([base["cycles_per_step"]], [100 * base["accuracy"]], "k*", markersize=12, label="unpruned")
+        for variant in VARIANTS:
+            pts = sorted((e["cycles_per_step"], 100 * e["accuracy"]) for e in r["models"][variant])
+            ax.plot(*zip(*pts), label=variant, **STYLE[variant])
+        ax.set_title(name)
+        ax.set_xlabel(f"cycles/step ({config['cycles_source'].split(' (')[0]})")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="reduced budget (2 seeds x 2 epochs; digits 400 sequences)")
+    p.add_argument("--datasets", default="gunpoint,arrowhead,basicmotions,digits")
+    p.add_argument("--seeds", type=int)
+    p.add_argument("--finetune-epochs", type=int)
+    p.add_argument("--board", default="cortex-m7")
+    p.add_argument("--latency", default="emulator", help="cycle oracle of `prune` (emulator: QEMU-measured kept models)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--work", default=str(ROOT / "runs" / "bench_prune"), help="where models go")
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--render-only", action="store_true", help="rewrite prune.md and prune.png from prune.json")
+    args = p.parse_args(argv)
+    args.seeds = args.seeds or (2 if args.quick else 5)
+    args.finetune_epochs = args.finetune_epochs or (2 if args.quick else 5)
+    return args
+
+
+def render(out):
+    saved = json.loads((out / "prune.json").read_text())
+    (out / "prune.md").write_text(markdown(saved["datasets"], saved["targets"], saved["config"]))
+    plot(saved["datasets"], out / "prune.png", saved["config"])
+
+
+def main_bench(argv=None):
+    args = parse_args(argv)
+    if args.render_only:
+        return render(Path(args.results))
+    started = time.time()
+    results = {name: run_dataset(name, args, Path(args.work) / name) for name in args.datasets.split(",")}
+    any_entry = next(iter(results.values()))["models"]["unpruned"][0]
+    config = {"mode": "quick" if args.quick else "full", "seeds": args.seeds, "finetune_epochs": args.finetune_epochs,
+              "rates": list(RATES), "board": args.board, "cycles_source": any_entry["cycles_source"],
+              "variants": {k: " ".join(v) for k, v in VARIANTS.items()}, "seconds": round(time.time() - started, 1)}
+    checks = summarize(results)
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "prune.json").write_text(json.dumps({"config": config, "targets": checks, "datasets": results}, indent=1) + "\n")
+    render(out)
+    print((out / "prune.md").read_text())
+    print(f"total {config['seconds']:.0f} s -> {out / 'prune.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main_bench()

@@ -1,0 +1,247 @@
+"""Model -> FloatGraph: the float64 streaming graph that the integer model quantizes.
+
+What happens here (all exact algebra, checked against `SequenceClassifier.forward_recurrent`):
+
+- every layer's *kept* channels (active + bypassed; removed channels output 0, GELU(0) = 0, so their
+  mixer columns are dropped) with, for active channels, the diagonal recurrence of their kept
+  modes (S4D: `kernel.recurrence()`, pruned modes with mode_mask = 0 dropped; S4:
+  `kernel.diagonal()`, an eigendecomposition, whose error is reported);
+- conjugate folding: y = 2 Re(C x) is stored as Re(Chat x) with Chat = 2C, and each mode is taken
+  with Im(dA) >= 0 (the conjugate mode, conj(dA, dB, C), gives the same real output);
+- BatchNorm folding (running statistics, eval mode): a pre-norm BatchNorm in front of the SSM
+  becomes u = alpha*h + beta per channel, folded into the SSM input (alpha scales dB and D,
+  beta becomes a constant state input and an output bias; for a bypassed channel y = alpha*h+beta);
+  a post-norm BatchNorm after the residual add becomes a per-channel affine (`post_scale`,
+  `post_shift`) on r = h + z.
+
+LayerNorm and token embeddings are refused (UserError): BatchNorm is the MCU default.
+`run_float` streams a FloatGraph over (n, L, C) inputs, vectorized over sequences, and records
+the ranges calibration needs (per tensor min/max, per mode max |state|).
+"""
+
+from dataclasses import dataclass, field
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+
+
+@dataclass
+class FloatLayer:
+    channels: np.ndarray      # (K,) original channel index of each kept channel
+    active: np.ndarray        # (K,) bool: has an SSM (else bypassed: y = u)
+    alpha: np.ndarray         # (K,) SSM input u = alpha*h + beta (pre-norm BatchNorm; else 1, 0)
+    beta: np.ndarray
+    D: np.ndarray             # (K,) skip (1 for bypassed channels, whose modes are empty)
+    mode_start: np.ndarray    # (K+1,) offsets into the flat mode arrays
+    dA: np.ndarray            # (M,) complex, Im >= 0
+    dB: np.ndarray            # (M,) complex
+    C2: np.ndarray            # (M,) complex, y = sum Re(C2 x) + D u
+    W_out: np.ndarray         # (2H, K) mixer (1x1 conv) columns of the kept channels
+    b_out: np.ndarray         # (2H,)
+    post_scale: np.ndarray = None  # (H,) post-norm BatchNorm as h' = post_scale*r + post_shift
+    post_shift: np.ndarray = None
+    modes_total: int = 0      # modes before mode pruning (for reports)
+
+
+@dataclass
+class FloatGraph:
+    d_input: int
+    n_classes: int
+    d_model: int
+    prenorm: bool
+    ssm: str
+    W_enc: np.ndarray
+    b_enc: np.ndarray
+    layers: list
+    W_dec: np.ndarray
+    b_dec: np.ndarray
+    conversion_error: float = 0.0
+    removed: list = field(default_factory=list)  # per layer, removed channel indices
+
+
+def _np(t):
+    return t.detach().cpu().to(torch.float64).numpy() if t.is_floating_point() else t.detach().cpu().numpy()
+
+
+def _bn_affine(bn):
+    """BatchNorm1d in eval mode as y = s*x + t."""
+    var = _np(bn.running_var)
+    mean = _np(bn.running_mean)
+    s = 1.0 / np.sqrt(var + bn.eps)
+    if bn.affine:
+        s = s * _np(bn.weight)
+        return s, _np(bn.bias) - s * mean
+    return s, -s * mean
+
+
+def check_supported(model):
+    """UserError for layers the integer export does not implement."""
+    if isinstance(model.encoder, nn.Embedding):
+        raise UserError("unsupported layer: Embedding (token inputs); the integer export takes real-valued "
+                        "sequences (train without a vocabulary)")
+    for norm in model.norms:
+        if isinstance(norm, nn.LayerNorm):
+            raise UserError("unsupported layer: LayerNorm; train with --norm batch (BatchNorm folds into the "
+                            "integer model)")
+        if not isinstance(norm, nn.BatchNorm1d) or not norm.track_running_stats:
+            raise UserError(f"unsupported layer: {type(norm).__name__}; train with --norm batch")
+    for i, layer in enumerate(model.layers):
+        kept = layer.h - len(layer.removed)
+        if kept == 0:
+            raise UserError(f"layer {i} has zero operators left (all {layer.h} removed): nothing reaches its "
+                            "mixer; the checkpoint is inconsistent (pruning keeps at least one per layer)")
+    for name, p in model.state_dict().items():
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            raise UserError(f"checkpoint parameter {name} has NaN/inf values; the model is corrupt (re-train it)")
+
+
+@torch.no_grad()
+def layer_modes(layer):
+    """Diagonal recurrence of a layer's active operators: (dA, dB, C) complex (H_active, M) numpy,
+    keep mask (H_active, M), conversion error."""
+    kernel = layer.kernel
+    if hasattr(kernel, "diagonal") and layer.ssm == "s4":
+        dA, dB, C, err = kernel.diagonal()
+        keep = torch.ones(dA.shape, dtype=torch.bool)
+    else:
+        dA, dB, C = (t.to(torch.complex128) for t in kernel.recurrence())
+        err = 0.0
+        keep = kernel.mode_mask > 0
+    return (dA.to(torch.complex128).numpy(), dB.to(torch.complex128).numpy(), C.to(torch.complex128).numpy(),
+            keep.numpy(), float(err))
+
+
+@torch.no_grad()
+def discretize(model):
+    """The FloatGraph of a (possibly pruned) SequenceClassifier in eval mode."""
+    check_supported(model)
+    cfg = model.config
+    H = cfg["d_model"]
+    prenorm = bool(cfg["prenorm"])
+    layers, removed_all, err_max = [], [], 0.0
+    for i, layer in enumerate(model.layers):
+        active = layer.active.tolist()
+        removed = set(layer.removed.tolist())
+        kept = [c for c in range(H) if c not in removed]
+        bn_s, bn_t = _bn_affine(model.norms[i])
+        alpha = bn_s[kept] if prenorm else np.ones(len(kept))
+        beta = bn_t[kept] if prenorm else np.zeros(len(kept))
+        dA, dB, C, keep, err = layer_modes(layer) if active else (None, None, None, None, 0.0)
+        err_max = max(err_max, err)
+        Dp = _np(layer.D)
+        act_pos = {c: j for j, c in enumerate(active)}
+        starts, fA, fB, fC, D = [0], [], [], [], []
+        for c in kept:
+            if c in act_pos:
+                j = act_pos[c]
+                m = keep[j]
+                a, b, cc = dA[j][m], dB[j][m], C[j][m]
+                flip = a.imag < 0
+                a, b, cc = np.where(flip, a.conj(), a), np.where(flip, b.conj(), b), np.where(flip, cc.conj(), cc)
+                fA.append(a), fB.append(b), fC.append(2 * cc)
+                D.append(Dp[j])
+            else:
+                D.append(1.0)
+            starts.append(starts[-1] + (len(fA[-1]) if c in act_pos else 0))
+        conv = layer.output_linear[0]
+        W = _np(conv.weight)[:, :, 0]
+        fl = FloatLayer(
+            channels=np.array(kept, dtype=np.int64), active=np.array([c in act_pos for c in kept]),
+            alpha=alpha, beta=beta, D=np.array(D, dtype=np.float64), mode_start=np.array(starts, dtype=np.int64),
+            dA=np.concatenate(fA) if fA else np.zeros(0, complex), dB=np.concatenate(fB) if fB else np.zeros(0, complex),
+            C2=np.concatenate(fC) if fC else np.zeros(0, complex), W_out=W[:, kept], b_out=_np(conv.bias),
+            modes_total=len(active) * (layer.n // 2),
+        )
+        if not prenorm:
+            fl.post_scale, fl.post_shift = bn_s, bn_t
+        layers.append(fl)
+        removed_all.append(sorted(removed))
+    return FloatGraph(
+        d_input=cfg["d_input"], n_classes=cfg["n_classes"], d_model=H, prenorm=prenorm, ssm=cfg["ssm"],
+        W_enc=_np(model.encoder.weight), b_enc=_np(model.encoder.bias), layers=layers,
+        W_dec=_np(model.decoder.weight), b_dec=_np(model.decoder.bias), conversion_error=err_max,
+        removed=removed_all,
+    )
+
+
+def segment_matrix(mode_start):
+    """(M, K) 0/1 matrix summing each channel's modes (channels may have none)."""
+    K, M = len(mode_start) - 1, int(mode_start[-1])
+    S = np.zeros((M, K))
+    S[np.arange(M), np.repeat(np.arange(K), np.diff(mode_start))] = 1.0
+    return S
+
+
+def gelu(x):
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+def _erf(x):
+    from scipy.special import erf
+
+    return erf(x)
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class Ranges:
+    """min/max of every tensor seen, and max |state| per mode, accumulated over batches."""
+
+    def __init__(self):
+        self.lo, self.hi, self.state = {}, {}, {}
+
+    def see(self, name, v):
+        lo, hi = float(np.min(v)), float(np.max(v))
+        self.lo[name] = min(lo, self.lo.get(name, lo))
+        self.hi[name] = max(hi, self.hi.get(name, hi))
+
+    def see_state(self, i, x):
+        m = np.abs(x).max(axis=0) if len(x) else np.zeros(x.shape[1:])
+        self.state[i] = np.maximum(m, self.state.get(i, m))
+
+    def range(self, name):
+        return self.lo[name], self.hi[name]
+
+
+def run_float(g, x, ranges=None, all_steps=False):
+    """Stream the FloatGraph over x (n, L, C) in float64: logits at the last step (n, classes), or
+    at every step (n, L, classes). `ranges` (a Ranges) records calibration statistics."""
+    x = np.asarray(x, dtype=np.float64)
+    n, L, _ = x.shape
+    states = [np.zeros((n, len(fl.dA)), dtype=np.complex128) for fl in g.layers]
+    pooled = np.zeros((n, g.d_model))
+    out = []
+    see = ranges.see if ranges is not None else (lambda *a: None)
+    for t in range(L):
+        see("x", x[:, t])
+        h = x[:, t] @ g.W_enc.T + g.b_enc
+        see("h0", h)
+        for i, fl in enumerate(g.layers):
+            u = fl.alpha * h[:, fl.channels] + fl.beta
+            per_mode_u = np.repeat(u, np.diff(fl.mode_start), axis=1)
+            states[i] = fl.dA * states[i] + fl.dB * per_mode_u
+            if ranges is not None:
+                ranges.see_state(i, states[i])
+            y = fl.D * u + (fl.C2 * states[i]).real @ segment_matrix(fl.mode_start)
+            see(f"y{i}", y)
+            v = gelu(y) @ fl.W_out.T + fl.b_out
+            a, b = v[:, : g.d_model], v[:, g.d_model :]
+            see(f"a{i}", a), see(f"b{i}", b)
+            z = a * sigmoid(b)
+            see(f"z{i}", z)
+            r = h + z
+            see(f"r{i}", r)
+            h = r if g.prenorm else fl.post_scale * r + fl.post_shift
+            see(f"h{i + 1}", h)
+        pooled += h
+        logits = (pooled / (t + 1)) @ g.W_dec.T + g.b_dec
+        see("logits", logits)
+        if all_steps:
+            out.append(logits)
+    return np.stack(out, axis=1) if all_steps else logits

@@ -1,0 +1,111 @@
+"""The work a candidate needs, as tasks a worker can run: fine-tune it, or measure its damage.
+
+A task carries the model as a checkpoint-like dict (`pack`) and everything else it needs, so it
+runs the same in this process, in a spawned worker or on a Ray node. Fine-tunes are `train.fit`;
+`forward_fn` adds the device and, with --qat, the export stage's fake-quantized forward.
+"""
+
+import numpy as np
+import torch
+
+from ..checkpoint import model_from_checkpoint
+from ..errors import UserError
+from ..train import evaluate, fit
+
+SELECTION_TRAIN = 256  # training sequences added to the validation split to measure damage
+CALIBRATION = 256  # training sequences that re-estimate BatchNorm statistics
+
+
+def pack(model):
+    return {"config": dict(model.config), "active_operators": model.active_operators,
+            "removed_operators": model.removed_operators,
+            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+
+
+def unpack(spec, device="cpu"):
+    return model_from_checkpoint(spec).to(device)
+
+
+def qat_factory():
+    """The export stage's make_qat_forward(model, calib_x, coeff_bits) -> forward(model, x): the
+    fake-quantized forward for quantization-aware fine-tunes (calibrated on the model it gets)."""
+    try:
+        from ..export import qat
+    except ImportError:
+        qat = None
+    make = getattr(qat, "make_qat_forward", None)
+    if make is None:
+        raise UserError("--qat needs s4op_micro.export.qat.make_qat_forward (fake quantization), which this build lacks")
+    return make
+
+
+def forward_fn(device="cpu", inner=None):
+    """None for the plain CPU forward; else `inner` (e.g. fake-quantized) and/or a forward on
+    `device` that hands the logits back on the CPU, where fit/evaluate keep the labels."""
+    if str(device) == "cpu":
+        return inner
+    run = inner or (lambda model, x: model(x))
+    return lambda model, x: run(model, x.to(device)).cpu()
+
+
+def check_device(device):
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device here; use --device cpu")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise UserError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto")
+    return device
+
+
+def finetune_task(task, data):
+    """Fine-tune one candidate; returns the packed model and fit's history. BatchNorm statistics are
+    re-estimated first: a pruned model's are stale, and the few batches of a fine-tune on a small
+    dataset would not fix them (momentum 0.1)."""
+    model = unpack(task["model"], task["device"])
+    calibration = data.x_train[:CALIBRATION]
+    recalibrate_norms(model, calibration, forward_fn(task["device"]))
+    quantized = qat_factory()(model, calibration, task["coeff_bits"]) if task["qat"] else None
+    history = fit(model, data, task["epochs"], task["lr"], task["batch_size"], seed=task["seed"],
+                  patience=task["patience"], progress=task["progress"], desc=task["desc"],
+                  forward_fn=forward_fn(task["device"], quantized))
+    return {"model": pack(model), "history": history}
+
+
+def damage_task(task, data):
+    """Loss and accuracy of a candidate on the selection set, after re-estimating BatchNorm
+    statistics (which a fine-tune would fix at once) and without any weight update."""
+    model = unpack(task["model"], task["device"])
+    recalibrate_norms(model, data.x_train[:CALIBRATION], forward_fn(task["device"]))
+    x, y = selection_set(data)
+    res = evaluate(model, x, y, forward_fn=forward_fn(task["device"]))
+    return {"loss": res["loss"], "accuracy": res["accuracy"]}
+
+
+def selection_set(data):
+    """Validation plus the first training sequences: the UCR validation splits are ~10 sequences,
+    too few to rank candidates by their loss."""
+    n = SELECTION_TRAIN
+    return np.concatenate([data.x_val, data.x_train[:n]]), np.concatenate([data.y_val, data.y_train[:n]])
+
+
+@torch.no_grad()
+def recalibrate_norms(model, x, forward=None):
+    norms = [m for m in model.norms if isinstance(m, torch.nn.BatchNorm1d)]
+    if not norms:
+        return
+    model.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+        m.train()
+    x = torch.as_tensor(x)
+    x = x.float() if x.is_floating_point() else x.long()
+    for i in range(0, len(x), 64):
+        xb = x[i : i + 64]
+        if len(xb) > 1:
+            (forward or (lambda m_, xb_: m_(xb_)))(model, xb)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()

@@ -1,0 +1,227 @@
+"""Latency oracles: cycles per timestep of a (pruned) model on the target, with their source.
+
+`--latency` picks one:
+
+  analytic   MAC and load counts per step (export.cost_report, from the model's shapes) x per-core
+             costs (CORE_COSTS, keyed by the board's cpu). Always available. Source "analytic estimate".
+  lut:FILE   a per-layer cost table measured once on the emulator or a board (format below).
+             Source: the table's own ("emulator instruction count" or "board DWT cycles").
+  emulator   measure each model's firmware in QEMU: deterministic instruction counts.
+  board      measure each model's firmware on the board: DWT cycle counter.
+
+emulator/board need `s4op_micro.firmware.measure_cycles(model, board, where, calib_x, coeff_bits)`
+(where is "emulator" or "board"; calib_x: training inputs to quantize the model with; returns
+{"cycles_per_step": float, "source": str}), provided by the firmware stage. Building
+and running firmware per candidate is slow, so those oracles measure only the models the controller
+keeps (`cycles`) and rank candidates with the analytic estimate scaled to the latest measurement
+(`estimate`): the cost model is refreshed by measuring the chosen models.
+
+LUT format (JSON), one table per board and model shape:
+
+    {
+      "format": "s4op-micro/latency-lut-1",
+      "board": "cortex-m7",                     # board or core name it was measured on
+      "source": "emulator instruction count",   # or "board DWT cycles"
+      "model": {"d_model": 32, "d_state": 32, "n_layers": 2},   # the unpruned model's shape
+      "fixed": 900,               # cycles per step outside the blocks (encoder, pooling, loop)
+      "layers": [                 # one entry per block of the unpruned model, in order
+        {"width": {"0": 700, "16": 2400, "32": 4100},  # cycles of the block by operators kept
+         "removed_column": 45},   # optional: cycles saved per removed operator (its mixer column)
+        ...
+      ]
+    }
+
+A block's cycles at a width between two measured widths are interpolated linearly (outside them,
+extrapolated from the nearest two); modes pruned count as fractional operators; a dropped block
+costs 0. A table for another board or model shape is refused.
+"""
+
+import json
+import math
+from pathlib import Path
+
+from ..errors import UserError
+from ..export import cost_report
+from .operators import kept_modes
+
+LUT_FORMAT = "s4op-micro/latency-lut-1"
+ORACLES = ("analytic", "lut:FILE", "emulator", "board")
+ANALYTIC = "analytic estimate"
+MEASURED_SOURCES = {"emulator": "emulator instruction count", "board": "board DWT cycles"}
+
+# Rough cycles per MAC and per 32-bit load of the generated int8/int16 C on each core (with DSP:
+# SMLAD pairs after unpacking; M7 dual-issues; M55 has Helium), plus fixed overheads per layer and
+# per step (calls, requantization, tables). An estimate to rank candidates: measure a LUT on the
+# emulator or the board for real figures.
+# Fitted (non-negative least squares on the relative error) to QEMU instruction counts x the core's
+# CPI (boards.CORE_CPI) by benchmarks/bench_latency.py: 4 shapes x 6 widths per core, mean error
+# 2-3%, max 11% (results/latency_calibration.md). The previous hand-set constants were ~85% low:
+# the generated C spends most of a step in per-channel requantization (64-bit multiply-shift), which
+# the load count tracks better than the MAC count (the fit puts the MAC cost at 0).
+CORE_COSTS = {
+    "cortex-m0plus": dict(mac=0.0, load=32.5, layer=2950, step=619),
+    "cortex-m0": dict(mac=0.0, load=32.5, layer=2950, step=619),
+    "cortex-m3": dict(mac=0.528, load=18.2, layer=1325, step=0),
+    "cortex-m4": dict(mac=0.0, load=15.0, layer=1322, step=488),
+    "cortex-m33": dict(mac=0.0, load=13.0, layer=1106, step=387),
+    "cortex-m7": dict(mac=0.0, load=11.24, layer=1179, step=562),
+    "cortex-m55": dict(mac=0.0, load=12.18, layer=1165, step=503),
+}
+
+
+def analytic_cycles(report, cpu):
+    """Cycles per step from cost_report's MAC and load counts (export: shapes alone)."""
+    c = CORE_COSTS[cpu]
+    return (report["macs_per_step"] * c["mac"] + report["loads_per_step"] * c["load"]
+            + c["step"] + c["layer"] * len(report["layers"]))
+
+
+# --- oracles ------------------------------------------------------------------------------------
+
+class AnalyticOracle:
+    def __init__(self, board, coeff_bits=8):
+        self.board, self.coeff_bits = board, coeff_bits
+        self.source = ANALYTIC
+        if board.cpu not in CORE_COSTS:  # fail before any work
+            raise UserError(f"no analytic cycle costs for cpu {board.cpu!r}; use --latency lut:FILE measured on it")
+
+    def cycles(self, model, lineage):
+        return analytic_cycles(cost_report(model, self.coeff_bits), self.board.cpu)
+
+    estimate = cycles
+
+
+class LutOracle:
+    def __init__(self, path, board, lineage):
+        self.path, self.board = Path(path), board
+        lut = _read_lut(self.path)
+        if lut["board"] not in (board.name, board.cpu):
+            raise UserError(f"latency table {self.path} is for board {lut['board']!r}, not {board.name!r}; "
+                            f"measure one on {board.name} or pass --board {lut['board']}")
+        shape = {"d_model": lineage.d_model, "d_state": 2 * lineage.modes_per_operator, "n_layers": lineage.n_layers}
+        if "model" in lut and {k: lut["model"].get(k) for k in shape} != shape:
+            raise UserError(f"latency table {self.path} was measured for a model {lut['model']}, this one is {shape}")
+        if len(lut["layers"]) != lineage.n_layers:
+            raise UserError(f"latency table {self.path} has {len(lut['layers'])} layers, the model {lineage.n_layers}")
+        self.lut = lut
+        self.source = f"{lut['source']} (table {self.path.name})"
+
+    def cycles(self, model, lineage):
+        total = self.lut["fixed"]
+        M = lineage.modes_per_operator
+        for layer, orig in zip(model.layers, lineage.layers):
+            entry = self.lut["layers"][orig]
+            total += _interpolate(entry["width"], kept_modes(layer) / M)
+            total -= len(layer.removed) * entry.get("removed_column", 0)
+        return float(total)
+
+    estimate = cycles
+
+
+class MeasuredOracle:
+    """Firmware measured in the emulator or on the board; `estimate` ranks candidates cheaply."""
+
+    def __init__(self, where, board, calib_x=None, coeff_bits=8, measure=None):
+        self.where, self.board, self.calib_x, self.coeff_bits = where, board, calib_x, coeff_bits
+        self.source = MEASURED_SOURCES[where]
+        self.measure = measure or _firmware_measure()
+        self.analytic = AnalyticOracle(board, coeff_bits)
+        self.scale = None  # measured / analytic of the latest measured model
+        self.cache = {}
+
+    def cycles(self, model, lineage):
+        key = _signature(model)
+        if key not in self.cache:
+            result = self.measure(model, self.board, self.where, calib_x=self.calib_x, coeff_bits=self.coeff_bits)
+            self.cache[key] = float(result["cycles_per_step"])
+        self.scale = self.cache[key] / self.analytic.cycles(model, lineage)
+        return self.cache[key]
+
+    def estimate(self, model, lineage):
+        if self.scale is None:
+            return self.cycles(model, lineage)
+        return self.analytic.cycles(model, lineage) * self.scale
+
+
+def make_oracle(spec, board, lineage, coeff_bits=8, calib_x=None):
+    """The oracle named by --latency; UserError for an unknown name or a bad table."""
+    if spec == "analytic":
+        return AnalyticOracle(board, coeff_bits)
+    if spec.startswith("lut:") and len(spec) > 4:
+        return LutOracle(spec[4:], board, lineage)
+    if spec in MEASURED_SOURCES:
+        return MeasuredOracle(spec, board, calib_x, coeff_bits)
+    raise UserError(f"unknown latency oracle {spec!r}; choose from {', '.join(ORACLES)}")
+
+
+def _firmware_measure():
+    import importlib
+
+    try:  # import_module: the module registered in sys.modules (a package attribute may be stale)
+        firmware = importlib.import_module("..firmware", __package__)
+    except ImportError:
+        firmware = None
+    measure = getattr(firmware, "measure_cycles", None)
+    if measure is None:
+        raise UserError("the emulator/board latency oracles need s4op_micro.firmware.measure_cycles, "
+                        "which this build lacks; use --latency analytic or lut:FILE")
+    return measure
+
+
+def _read_lut(path):
+    try:
+        lut = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"latency table {path} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"latency table {path} is not valid JSON ({type(e).__name__}); see `s4op_micro.prune.latency` for the format") from None
+    problem = _lut_problem(lut)
+    if problem:
+        raise UserError(f"latency table {path} is malformed: {problem}; see `s4op_micro.prune.latency` for the format")
+    return lut
+
+
+def _lut_problem(lut):
+    if not isinstance(lut, dict) or lut.get("format") != LUT_FORMAT:
+        return f"format must be {LUT_FORMAT!r}"
+    if not isinstance(lut.get("board"), str):
+        return "no board name"
+    if lut.get("source") not in (*MEASURED_SOURCES.values(), ANALYTIC):
+        return f"source must be one of {sorted((*MEASURED_SOURCES.values(), ANALYTIC))}"
+    if not _is_number(lut.get("fixed")):
+        return "no fixed cost"
+    layers = lut.get("layers")
+    if not isinstance(layers, list) or not layers:
+        return "no layers"
+    for i, entry in enumerate(layers):
+        width = entry.get("width") if isinstance(entry, dict) else None
+        if not isinstance(width, dict) or len(width) < 2:
+            return f"layer {i} needs costs at two or more widths"
+        try:
+            if any(int(k) < 0 or not _is_number(v) for k, v in width.items()):
+                return f"layer {i} has a negative width or a non-numeric cost"
+            if len({int(k) for k in width}) < len(width):
+                return f"layer {i} lists a width twice"
+        except ValueError:
+            return f"layer {i} has a width that is not an integer"
+        if not _is_number(entry.get("removed_column", 0)):
+            return f"layer {i} has a non-numeric removed_column"
+    return None
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _interpolate(table, width):
+    points = sorted((int(k), float(v)) for k, v in table.items())
+    lo = max([p for p in points[:-1] if p[0] <= width] or [points[0]])
+    hi = points[points.index(lo) + 1]
+    return lo[1] + (hi[1] - lo[1]) * (width - lo[0]) / (hi[0] - lo[0])
+
+
+def _signature(model):
+    """What the cycle count depends on: operators, removed channels and kept modes per layer."""
+    return tuple((tuple(layer.active.tolist()), tuple(layer.removed.tolist()), kept_modes(layer))
+                 for layer in model.layers)
+

@@ -1,0 +1,73 @@
+"""DIR/pareto.json and DIR/pareto.png: one entry per kept model, merged across strategies.
+
+pareto.json is {"models": [...]}; each entry has rate (nominal fraction of operators pruned),
+pruned_fraction (actual, over state modes), strategy ("s4op", "guided", or "unpruned" / "start" for
+the model pruning started from), path (absolute), accuracy (test, fraction), val_accuracy, operators (active
+per original layer, 0 for a dropped block), pruned (per original layer: bypassed, removed,
+modes_pruned, block_removed), params, flash_bytes, ram_bytes, cycles_per_step, cycles_source,
+finetune_epochs, board. Running the other strategy into the same DIR keeps this one's entries.
+"""
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+STYLE = {"s4op": dict(marker="o", color="tab:blue"), "guided": dict(marker="s", color="tab:red"),
+         "unpruned": dict(marker="*", color="black", markersize=14, linestyle="none")}
+
+
+def read(directory):
+    path = Path(directory) / "pareto.json"
+    if not path.is_file():
+        return []
+    try:
+        return list(json.loads(path.read_text()).get("models", []))
+    except (json.JSONDecodeError, AttributeError):
+        return []  # not ours or damaged: this run's entries replace it
+
+
+def checkpoint_name(rate, strategy, others):
+    """pruned_<pct>.pt; with the other strategy's pruned_<pct>.pt already in DIR, pruned_<pct>_<strategy>.pt."""
+    name = f"pruned_{round(100 * rate)}.pt"
+    taken = {Path(e["path"]).name for e in others}
+    return name if name not in taken else f"pruned_{round(100 * rate)}_{strategy}.pt"
+
+
+def others(entries, strategy):
+    """Entries of the other strategy (the starting model's entry is rewritten by every run)."""
+    return [e for e in entries if e.get("strategy") not in (strategy, "unpruned", "start")]
+
+
+def stale_files(entries, strategy, written):
+    """Checkpoints of an earlier run of this strategy that this run did not rewrite."""
+    return {Path(e["path"]).name for e in entries if e.get("strategy") == strategy} - set(written)
+
+
+def write(directory, entries):
+    directory = Path(directory)
+    entries = sorted(entries, key=lambda e: (e["strategy"] != "unpruned", e["strategy"], e["rate"]))
+    (directory / "pareto.json").write_text(json.dumps({"models": entries}, indent=1) + "\n")
+    plot(entries, directory / "pareto.png")
+
+
+def plot(entries, path):
+    cycles_label = "; ".join(sorted({f"{e['cycles_source']}, {e['board']}" for e in entries}))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for strategy in sorted({e["strategy"] for e in entries}, key=lambda s: s != "unpruned"):
+        points = sorted((e["cycles_per_step"], 100 * e["accuracy"], e["rate"]) for e in entries if e["strategy"] == strategy)
+        xs, ys, rates = zip(*points)
+        ax.plot(xs, ys, label=strategy, **STYLE.get(strategy, dict(marker="^")))
+        if strategy != "unpruned":
+            for x, y, r in points:
+                ax.annotate(f"{r:.0%}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(f"cycles per timestep ({cycles_label})")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,155 @@
+"""Generated C vs the integer reference: bit-exact on random models (hypothesis), scalar and DSP
+paths, clean under strict flags on host gcc and arm-none-eabi-gcc, saturation counted in debug."""
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from s4op_micro.export import IntegerReference, quantize_model
+from s4op_micro.export.cgen import render_c
+from s4op_micro.export.hostrun import STRICT, compile_host, run_host
+from s4op_micro.models import SequenceClassifier
+
+# Portable models of the ACLE intrinsics the DSP path uses (ARMv7E-M ARM: SMLAD, SMLADX, SMLSD,
+# SXTB16; wrap-around arithmetic, which never happens here since every sum is bounded at export).
+# Compiling the DSP path on the host with these checks its data layout and packing bit-exactly.
+ACLE_SHIM = r"""
+#include <stdint.h>
+static inline int32_t lo16(int32_t v) { return (int16_t)(uint16_t)((uint32_t)v & 0xFFFFu); }
+static inline int32_t hi16(int32_t v) { return (int16_t)(uint16_t)((uint32_t)v >> 16); }
+static inline int32_t wrap(int64_t v) { return (int32_t)(uint32_t)(uint64_t)v; }
+static inline int32_t __smlad(int32_t a, int32_t b, int32_t c) { return wrap((int64_t)c + lo16(a) * lo16(b) + hi16(a) * hi16(b)); }
+static inline int32_t __smladx(int32_t a, int32_t b, int32_t c) { return wrap((int64_t)c + lo16(a) * hi16(b) + hi16(a) * lo16(b)); }
+static inline int32_t __smlsd(int32_t a, int32_t b, int32_t c) { return wrap((int64_t)c + lo16(a) * lo16(b) - hi16(a) * hi16(b)); }
+static inline int32_t __sxtb16(int32_t x) {
+    uint32_t u = (uint32_t)x;
+    return (int32_t)(((uint32_t)(uint16_t)(int16_t)(int8_t)(u & 0xFFu)) | ((uint32_t)(uint16_t)(int16_t)(int8_t)((u >> 16) & 0xFFu) << 16));
+}
+"""
+
+
+def random_model(draw):
+    H = draw(st.integers(1, 9))
+    n_layers = draw(st.integers(1, 2))
+    ssm = draw(st.sampled_from(["s4d", "s4"]))
+    N = draw(st.sampled_from([2, 4, 6, 8]))
+    C = draw(st.integers(1, 3))
+    K = draw(st.integers(2, 4))
+    prenorm = draw(st.booleans())
+    seed = draw(st.integers(0, 10_000))
+    rng = np.random.default_rng(seed)
+    active, removed = [], []
+    for _ in range(n_layers):
+        role = rng.integers(0, 3 if draw(st.booleans()) else 1, size=H)  # 0 active, 1 bypassed, 2 removed
+        if (role == 2).all():
+            role[0] = 0
+        active.append([c for c in range(H) if role[c] == 0])
+        removed.append([c for c in range(H) if role[c] == 2])
+    torch.manual_seed(seed)
+    m = SequenceClassifier(C, K, d_model=H, d_state=N, n_layers=n_layers, ssm=ssm, prenorm=prenorm,
+                           dt_min=1e-3, dt_max=0.5, active_operators=active, removed_operators=removed)
+    with torch.no_grad():
+        for bn in m.norms:
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.3, 3)
+            bn.weight.uniform_(-2, 2)
+            bn.bias.uniform_(-1, 1)
+        for layer in m.layers:
+            if ssm == "s4d" and len(layer.active) and draw(st.booleans()):
+                layer.kernel.mode_mask[0, 0] = 0               # a pruned mode
+                layer.kernel.log_dt[0] = -7.0                  # a slow channel: |dA| ~ 0.9995
+    m.eval()
+    return m, seed
+
+
+@st.composite
+def cases(draw):
+    m, seed = random_model(draw)
+    bits = draw(st.sampled_from([8, 16]))
+    L = draw(st.sampled_from([1, 2, 7, 23]))
+    return m, seed, bits, L
+
+
+def check_exact(m, seed, bits, L, tmp, dsp=False):
+    rng = np.random.default_rng(seed)
+    calib = rng.normal(size=(6, max(L, 5), m.config["d_input"])).astype(np.float32)
+    q = quantize_model(m, calib, coeff_bits=bits)
+    ref = IntegerReference(q)
+    render_c(q, tmp)
+    extra = ()
+    if dsp:
+        (tmp / "shim").mkdir()
+        (tmp / "shim" / "arm_acle.h").write_text(ACLE_SHIM)
+        extra = ("-D__ARM_FEATURE_DSP=1", "-D__ARM_FEATURE_SIMD32=1", "-I", str(tmp / "shim"))
+    exe = compile_host(tmp, tmp / "build", debug=True, extra=extra)
+    # random int8 inputs over the whole range: far outside calibration, so saturation does happen
+    x = rng.integers(-128, 128, size=(5, L, m.config["d_input"]), dtype=np.int64).astype(np.int8)
+    c_scores, counters = run_host(exe, x, q.meta["n_classes"], every_step=True)
+    r_scores = ref.run_steps(x)
+    assert np.array_equal(c_scores, r_scores)
+    assert counters == {"sat_state": ref.sat_state, "sat_act": ref.sat_act}
+    return ref
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(cases())
+def test_random_models_bit_exact_scalar_and_dsp(tmp_path_factory, case):
+    m, seed, bits, L = case
+    check_exact(m, seed, bits, L, tmp_path_factory.mktemp("c"))
+    check_exact(m, seed, bits, L, tmp_path_factory.mktemp("dsp"), dsp=True)
+
+
+def _slow_model(prenorm=False):
+    torch.manual_seed(0)
+    m = SequenceClassifier(1, 2, d_model=3, d_state=4, n_layers=1, prenorm=prenorm)
+    with torch.no_grad():
+        m.layers[0].kernel.log_dt.fill_(-7.0)
+    return m.eval()
+
+
+def test_state_saturation_is_counted_not_silent(tmp_path):
+    """Calibrated on tiny inputs, then driven by full-scale ones for 300 steps: the slow states
+    saturate; the C counts exactly the events the reference counts (and agrees bit for bit)."""
+    m = _slow_model()
+    calib = 0.01 * np.ones((2, 50, 1), np.float32)
+    q = quantize_model(m, calib, coeff_bits=16)
+    ref = IntegerReference(q)
+    render_c(q, tmp_path)
+    exe = compile_host(tmp_path, tmp_path / "b")
+    x = np.full((1, 300, 1), 127, np.int8)
+    s, counters = run_host(exe, x, 2)
+    assert np.array_equal(s, ref.run(x))
+    assert counters["sat_state"] == ref.sat_state > 0
+    # in-range data: no state saturation at all
+    ref2 = IntegerReference(q)
+    s2, c2 = run_host(exe, ref2.quantize_input(calib), 2)
+    assert np.array_equal(s2, ref2.run(ref2.quantize_input(calib))) and c2["sat_state"] == ref2.sat_state == 0
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("prenorm", [False, True])
+def test_cross_compiles_clean_for_cortex_m(tmp_path, bits, prenorm):
+    """-Wall -Wextra -Werror -pedantic -std=c99 for M0+ (scalar), M4 and M7 (DSP path), also without
+    float helpers and with the profiling/debug hooks; the DSP build really uses the SIMD instructions."""
+    gcc = shutil.which("arm-none-eabi-gcc")
+    assert gcc, "arm-none-eabi-gcc is part of the toolchain (scripts/setup.sh)"
+    m = _slow_model(prenorm)
+    q = quantize_model(m, np.random.default_rng(0).normal(size=(3, 20, 1)), coeff_bits=bits)
+    render_c(q, tmp_path, test=(np.zeros((1, 4, 1), np.int8), [1], np.zeros((1, 2), np.int8)))
+    for cpu in ("cortex-m0plus", "cortex-m4", "cortex-m7"):
+        for defines in ([], ["-DS4OP_NO_FLOAT", "-DS4OP_DEBUG", "-DS4OP_PROFILE_LAYERS"]):
+            for src in ("s4op_model.c", "s4op_weights.c", "s4op_testdata.c"):
+                obj = tmp_path / f"{cpu}_{src}.o"
+                cmd = [gcc, f"-mcpu={cpu}", "-mthumb", *STRICT, "-Os", *defines, "-I", str(tmp_path / "include"),
+                       "-c", str(tmp_path / "src" / src), "-o", str(obj)]
+                res = subprocess.run(cmd, capture_output=True, text=True)
+                assert res.returncode == 0, res.stderr
+        dis = subprocess.run(["arm-none-eabi-objdump", "-d", str(tmp_path / f"{cpu}_s4op_model.c.o")],
+                             capture_output=True, text=True).stdout
+        assert ("smlsd" in dis) == (cpu != "cortex-m0plus")
+        # the last build had -DS4OP_NO_FLOAT: no float or double code at all (soft-float calls)
+        assert "__aeabi_f" not in dis and "__aeabi_d" not in dis

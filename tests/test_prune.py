@@ -1,0 +1,472 @@
+"""Operator pruning: rebuilt models, scores, latency oracles, both strategies, parallel engines,
+outputs and bad input (tiny models and budgets: 2 CPU cores)."""
+
+import copy
+import dataclasses
+import json
+import math
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from s4op_micro.boards import get_board
+from s4op_micro.checkpoint import load_model
+from s4op_micro.cli import main
+from s4op_micro.errors import UserError
+from s4op_micro.models import SequenceClassifier
+from s4op_micro.prune import finetune, importance, latency
+from s4op_micro.prune.controller import exponential_budget
+from s4op_micro.prune.operators import (Decision, Lineage, apply, effective_params, operators_kept,
+                                        pruned_fraction, summary)
+
+TINY = ["--d-model", "8", "--d-state", "8", "--n-layers", "2", "--epochs", "15", "--quiet"]
+FAST = ["--seeds", "2", "--finetune-epochs", "1", "--quiet"]
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "gunpoint"
+    assert main(["train", "--dataset", "gunpoint", "--out", str(out), *TINY]) == 0
+    return out / "model.pt"
+
+
+def small_model(prenorm=False, ssm="s4d", seed=0):
+    torch.manual_seed(seed)
+    m = SequenceClassifier(2, 3, d_model=6, d_state=8, n_layers=3, ssm=ssm, prenorm=prenorm,
+                           active_operators=[list(range(6)), [0, 1, 2, 4, 5], list(range(6))],
+                           removed_operators=[[], [3], []]).double()
+    m.train()
+    m(torch.randn(4, 30, 2, dtype=torch.float64))  # non-trivial BatchNorm statistics
+    return m.eval()
+
+
+# --- rebuilt model == full model with those operators pruned -----------------------------------
+
+def reference_forward(model, x, bypass=(), remove=(), skip=()):
+    """The full model, its operators overridden by hooks (bypass: y = u, remove: y = 0) and blocks
+    skipped: an independent computation of what the rebuilt model must give."""
+    handles = []
+    for i, layer in enumerate(model.layers):
+        seen = {}
+        handles.append(layer.register_forward_pre_hook(lambda m, a, seen=seen: seen.__setitem__("u", a[0])))
+
+        def override(m, a, i=i, seen=seen):
+            y = a[0].clone()
+            for li, c in bypass:
+                if li == i:
+                    y[:, c] = seen["u"][:, c]
+            for li, c in remove:
+                if li == i:
+                    y[:, c] = 0
+            return (y,)
+
+        handles.append(layer.activation.register_forward_pre_hook(override))
+    try:
+        h = model.encode(x)
+        for i, layer in enumerate(model.layers):
+            if i in skip:
+                continue
+            h = h + layer(model._norm(i, h)) if model.config["prenorm"] else model._norm(i, h + layer(h))
+        return model.decoder(h.mean(-1))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@pytest.mark.parametrize("prenorm,ssm", [(False, "s4d"), (True, "s4d"), (False, "s4")])
+def test_rebuilt_model_equals_full_model_with_operators_pruned(prenorm, ssm):
+    model = small_model(prenorm, ssm)
+    x = torch.randn(3, 25, 2, dtype=torch.float64)
+    cases = [
+        (Decision(bypass={0: [1, 4], 2: [0]}), dict(bypass=[(0, 1), (0, 4), (2, 0)])),
+        (Decision(remove={1: [0, 5], 2: [2]}), dict(remove=[(1, 0), (1, 5), (2, 2)])),
+        (Decision(bypass={0: [2]}, remove={1: [1]}, blocks=[2]), dict(bypass=[(0, 2)], remove=[(1, 1)], skip=[2])),
+        (Decision(blocks=[0, 1]), dict(skip=[0, 1])),
+    ]
+    for decision, ref in cases:
+        pruned = apply(model, decision)
+        expected = reference_forward(model, x, **ref)
+        torch.testing.assert_close(pruned(x), expected, rtol=1e-12, atol=1e-12)
+        # physically removed: kernel tensors only for the surviving active operators
+        for layer in pruned.layers:
+            assert layer.kernel.C.shape[0] == len(layer.active) == layer.D.shape[0]
+            assert float(layer.output_linear[0].weight.detach()[:, layer.removed].abs().sum()) == 0.0
+        # the pruned model still streams like it convolves
+        torch.testing.assert_close(pruned.forward_recurrent(x)[:, -1], pruned(x), rtol=1e-9, atol=1e-9)
+    assert len(apply(model, Decision(blocks=[0, 1])).layers) == 1
+
+
+def test_mode_pruning_equals_zeroed_modes_and_survives_checkpoint_rebuild():
+    model = small_model()
+    x = torch.randn(2, 40, 2, dtype=torch.float64)
+    decision = Decision(modes={0: [(1, 0), (1, 3), (5, 2)], 1: [(4, 1)]})
+    pruned = apply(model, decision)
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer_i, channel, mode in [(0, 1, 0), (0, 1, 3), (0, 5, 2), (1, 4, 1)]:
+            pos = ref.layers[layer_i].active.tolist().index(channel)
+            ref.layers[layer_i].kernel.C[pos, mode] = 0
+    torch.testing.assert_close(pruned(x), ref(x), rtol=1e-12, atol=1e-12)
+    rebuilt = SequenceClassifier.from_config(pruned.config, pruned.active_operators, pruned.removed_operators).double()
+    rebuilt.load_state_dict(pruned.state_dict())  # the mode mask travels in the state dict
+    torch.testing.assert_close(rebuilt.eval()(x), pruned(x), rtol=0, atol=0)
+    assert effective_params(pruned) == effective_params(model) - 4 * 4
+
+
+def test_lineage_rates_and_summary_refer_to_the_original_model():
+    model = small_model()
+    lineage = Lineage.of(model)
+    assert pruned_fraction(model, lineage) == pytest.approx(1 / 18)  # layer 1 has channel 3 removed
+    decision = Decision(bypass={2: [0, 1]}, blocks=[0])
+    pruned = apply(model, decision)
+    after = lineage.after(decision)
+    assert after.layers == [1, 2]
+    assert pruned_fraction(pruned, after) == pytest.approx((6 + 1 + 2) / 18)
+    assert operators_kept(pruned, after) == [0, 5, 4]
+    rows = summary(pruned, after)
+    assert rows[0]["block_removed"] and rows[1]["removed"] == 1 and rows[2]["bypassed"] == 2
+    described = decision.describe(lineage)
+    assert described["blocks"] == [0] and described["bypassed"] == {2: [0, 1]}
+    with pytest.raises(ValueError):
+        apply(model, Decision(bypass={1: [3]}))  # removed, not active
+    with pytest.raises(ValueError):
+        apply(model, Decision(blocks=[0, 1, 2]))  # one block must stay
+    with pytest.raises(ValueError):
+        apply(small_model(ssm="s4"), Decision(modes={0: [(0, 0)]}))
+
+
+# --- the published budget -----------------------------------------------------------------------
+
+def test_exponential_budget_as_published():
+    # 2 layers of 16: everything to layer 1 (2^1) until it keeps one operator, the rest to layer 0.
+    assert exponential_budget(0.3, 2, 16) == [0, 10]
+    assert exponential_budget(0.7, 2, 16) == [7, 15]
+    assert exponential_budget(0.9, 2, 16) == [14, 15]
+    # 4 layers of 8, 50% = 16 operators over layers 1..3 in proportion 2:4:8 -> 2, 5, 9 -> layer 3
+    # saturates at 7; the 2 left go 1:2 over layers 1, 2 -> round(0.67), round(1.33) = 1, 1
+    assert exponential_budget(0.5, 4, 8) == [0, 3, 6, 7]
+    for rate in (0.1, 0.3, 0.5, 0.7, 0.9):
+        b = exponential_budget(rate, 3, 10)
+        assert sum(b) == round(rate * 30) and max(b) <= 9
+    assert exponential_budget(0.5, 1, 8) == [4]  # the published loop never prunes a 1-layer model
+
+
+# --- importance ---------------------------------------------------------------------------------
+
+def one_layer_model():
+    torch.manual_seed(3)
+    m = SequenceClassifier(1, 2, d_model=4, d_state=8, n_layers=1).double().eval()
+    with torch.no_grad():  # channel 0 does exactly what its bypass does: nothing to lose
+        m.layers[0].kernel.C[0] = 0
+        m.layers[0].D[0] = 1.0
+    return m
+
+
+def test_hinf_score_is_the_transfer_function_peak():
+    m = one_layer_model()
+    x = torch.randn(16, 50, 1, dtype=torch.float64)
+    y = torch.randint(0, 2, (16,))
+    scores = importance.score(m, "hinf", ["bypass"], x.numpy(), y.numpy())["bypass"][0].double()
+    assert scores[0] == pytest.approx(0.0, abs=1e-12)
+    # brute force: the DFT of a long kernel, on a fine grid
+    layer = m.layers[0]
+    u = m.encode(x)
+    weight = u.pow(2).mean(dim=(0, 2)).sqrt() * layer.output_linear[0].weight[:, :, 0].norm(dim=0)
+    K = layer.kernel(L=20000).detach()
+    for h in (1, 2, 3):
+        G = torch.fft.rfft(K[h], n=80000)  # w_k = 2 pi k / 80000
+        G = G[: 40001] + layer.D[h].detach()
+        peak = float((G - 1).abs().max())
+        assert float(scores[h] / weight[h].detach()) == pytest.approx(peak, rel=2e-3)
+    modes = importance.score(apply(m, Decision(modes={0: [(2, 1)]})), "hinf", ["mode"], x.numpy(), y.numpy())["mode"][0]
+    assert math.isinf(modes[2, 1]) and torch.isfinite(modes[3]).all()
+
+
+def test_taylor_score():
+    m = one_layer_model()
+    x = torch.randn(16, 50, 1, dtype=torch.float64)
+    y = torch.randint(0, 2, (16,))
+    both = importance.score(m, "taylor", ["bypass", "zero", "mode"], x.numpy(), y.numpy(), batch_size=16)
+    ops = both["bypass"][0]
+    assert ops[0] == 0.0 and (ops[1:] > 0).all() and (both["zero"][0] > 0).all()
+    # per mode, |dLoss/dmask| matches a finite difference of the loss
+    modes = both["mode"][0]
+
+    def loss(mm):
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(mm(x), y))
+
+    eps = 1e-6
+    bumped = copy.deepcopy(m)
+    bumped.layers[0].kernel.mode_mask[2, 1] -= eps
+    assert float(modes[2, 1]) == pytest.approx(abs(loss(bumped) - loss(m)) / eps, rel=1e-3)
+    assert not m.layers[0].kernel.mode_mask.requires_grad
+    with pytest.raises(ValueError):
+        importance.score(m, "magnitude", ["bypass"], x.numpy(), y.numpy())
+
+
+# --- latency oracles ------------------------------------------------------------------------------
+
+def lut(board="cortex-m7", **over):
+    table = {"format": latency.LUT_FORMAT, "board": board, "source": "emulator instruction count",
+             "model": {"d_model": 6, "d_state": 8, "n_layers": 3}, "fixed": 100,
+             "layers": [{"width": {"0": 50, "6": 350}, "removed_column": 10}] * 3}
+    table.update(over)
+    return table
+
+
+def test_lut_oracle_interpolates_and_names_its_source(tmp_path):
+    model = small_model()
+    lineage = Lineage.of(model)
+    path = tmp_path / "lut.json"
+    path.write_text(json.dumps(lut()))
+    oracle = latency.make_oracle(f"lut:{path}", get_board("cortex-m7"), lineage)
+    # layers of width 6, 5 (+1 removed), 6: 100 + 350 + (300 - 10) + 350
+    assert oracle.cycles(model, lineage) == pytest.approx(1090)
+    decision = Decision(bypass={0: [0, 1, 2]}, modes={2: [(0, 0), (0, 1)]}, blocks=[1])
+    pruned = apply(model, decision)
+    # layer 0 at width 3: 200; layer 2 at 6 - 2/4 operators: 325; block 1 gone
+    assert oracle.cycles(pruned, lineage.after(decision)) == pytest.approx(100 + 200 + 325)
+    assert oracle.source.startswith("emulator instruction count")
+
+
+def test_bad_luts_are_refused(tmp_path):
+    model = small_model()
+    lineage = Lineage.of(model)
+    board = get_board("cortex-m7")
+    cases = {
+        "not json": "{oops", "other board": lut(board="cortex-m4"), "wrong format": lut(format="x"),
+        "one width": lut(layers=[{"width": {"4": 10}}] * 3), "bad source": lut(source="a guess"),
+        "other shape": lut(model={"d_model": 64, "d_state": 8, "n_layers": 3}),
+        "layer count": lut(layers=[{"width": {"0": 1, "6": 2}}]), "no fixed": lut(fixed="many"),
+    }
+    for what, table in cases.items():
+        path = tmp_path / f"{what}.json"
+        path.write_text(table if isinstance(table, str) else json.dumps(table))
+        with pytest.raises(UserError):
+            latency.make_oracle(f"lut:{path}", board, lineage)
+    with pytest.raises(UserError):
+        latency.make_oracle("lut:/nonexistent.json", board, lineage)
+    with pytest.raises(UserError):
+        latency.make_oracle("stopwatch", board, lineage)
+
+
+def test_analytic_oracle_counts_what_pruning_removes():
+    model = small_model()
+    lineage = Lineage.of(model)
+    oracle = latency.make_oracle("analytic", get_board("cortex-m4"), lineage)
+    full = oracle.cycles(model, lineage)
+    bypassed = oracle.cycles(apply(model, Decision(bypass={0: [0, 1]})), lineage)
+    removed = oracle.cycles(apply(model, Decision(remove={0: [0, 1]})), lineage)
+    moded = oracle.cycles(apply(model, Decision(modes={0: [(0, 0)]})), lineage)
+    skipped = oracle.cycles(apply(model, Decision(blocks=[0])), lineage)
+    assert full > moded > bypassed > removed > skipped > 0
+    assert oracle.source == "analytic estimate"
+    m0 = latency.make_oracle("analytic", get_board("rp2040-pico"), lineage)
+    assert m0.cycles(model, lineage) > full  # an M0+ is slower than an M4 per step
+
+
+def test_measured_oracle_refreshes_its_estimate_from_measurements(monkeypatch):
+    model = small_model()
+    lineage = Lineage.of(model)
+    board = get_board("cortex-m7")
+    calls = []
+
+    def measure(m, b, where, calib_x, coeff_bits):
+        calls.append(where)
+        return {"cycles_per_step": 2 * latency.AnalyticOracle(b).cycles(m, lineage), "source": "fake"}
+
+    oracle = latency.MeasuredOracle("emulator", board, measure=measure)
+    assert oracle.source == "emulator instruction count"
+    measured = oracle.cycles(model, lineage)
+    assert oracle.cycles(model, lineage) == measured and calls == ["emulator"]  # cached
+    pruned = apply(model, Decision(bypass={0: [0, 1]}))
+    assert oracle.estimate(pruned, lineage) == pytest.approx(2 * latency.AnalyticOracle(board).cycles(pruned, lineage))
+    assert calls == ["emulator"]  # estimates do not build firmware
+    fake_firmware = types.ModuleType("s4op_micro.firmware")  # a firmware stage without the measurement
+    monkeypatch.setitem(sys.modules, "s4op_micro.firmware", fake_firmware)
+    with pytest.raises(UserError, match="measure_cycles"):
+        latency.make_oracle("board", board, lineage)
+
+
+# --- the command --------------------------------------------------------------------------------
+
+def pareto(directory):
+    return json.loads((directory / "pareto.json").read_text())["models"]
+
+
+def test_s4op_then_guided_into_one_directory(tiny_model, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    code, _, err = run_cli(capsys, "prune", tiny_model, "--out", out, "--strategy", "s4op", "--rates", "0.3,0.6", *FAST)
+    assert code == 0, err
+    models = pareto(out)
+    keys = {"rate", "strategy", "path", "accuracy", "operators", "params", "flash_bytes", "ram_bytes",
+            "cycles_per_step", "cycles_source"}
+    assert all(keys <= set(e) for e in models)
+    s4op = [e for e in models if e["strategy"] == "s4op"]
+    assert [e["rate"] for e in s4op] == [0.3, 0.6] and (out / "pruned_30.pt").is_file() and (out / "pruned_60.pt").is_file()
+    assert all(e["cycles_source"] == "analytic estimate" for e in models)
+    for e in s4op:  # budget over layers as published, at least one operator per layer survives
+        assert e["operators"] == [8 - b for b in exponential_budget(e["rate"], 2, 8)]
+    model, ckpt = load_model(out / "pruned_60.pt")
+    assert ckpt["pruning"]["strategy"] == "s4op" and ckpt["pruning"]["rate"] == 0.6
+    assert [step["rate"] for step in ckpt["pruning"]["history"]] == [0.3, 0.6]
+    assert model.layers[1].kernel.C.shape[0] == len(model.layers[1].active) == 1
+
+    code, out_json, err = run_cli(capsys, "prune", tiny_model, "--out", out, "--strategy", "guided", "--rates", "0.3,0.6",
+                                  "--granularity", "operator,removed,mode,block", "--score", "taylor", "--json",
+                                  *FAST[:-1])  # not --quiet
+    assert code == 0, err
+    assert "guided 30%" in err  # one progress line per fine-tune / step
+    result = json.loads(out_json)
+    assert {e["strategy"] for e in pareto(out)} == {"unpruned", "s4op", "guided"}
+    guided = [e for e in pareto(out) if e["strategy"] == "guided"]
+    assert [e["rate"] for e in guided] == [0.3, 0.6] and all(e["pruned_fraction"] >= e["rate"] - 1e-9 for e in guided)
+    assert guided[0]["path"].endswith("pruned_30_guided.pt")  # s4op's pruned_30.pt is kept
+    assert (out / "pruned_30.pt").is_file() and (out / "pareto.png").stat().st_size > 1000
+    assert result["models"][0]["strategy"] == "unpruned"
+    _, ckpt = load_model(guided[-1]["path"])
+    assert ckpt["pruning"]["granularity"] == ["operator", "removed", "mode", "block"]
+    code, info, _ = run_cli(capsys, "info", guided[-1]["path"], "--json")
+    assert json.loads(info)["pruning"]["strategy"] == "guided"
+
+
+def test_guided_stops_at_the_accuracy_budget_or_the_cycle_target(tiny_model, tmp_path, capsys):
+    out = tmp_path / "ratio"
+    code, out_json, err = run_cli(capsys, "prune", tiny_model, "--out", out, "--strategy", "guided",
+                                  "--target-ratio", "0.85", "--json", *FAST)
+    assert code == 0, err
+    result = json.loads(out_json)
+    base, *kept = result["models"]
+    assert "cycle target" in result["stopped"] and kept[-1]["cycles_per_step"] <= 0.85 * base["cycles_per_step"]
+    assert all(e["cycles_per_step"] > 0.85 * base["cycles_per_step"] for e in kept[:-1])
+    out = tmp_path / "drop"
+    code, out_json, err = run_cli(capsys, "prune", tiny_model, "--out", out, "--strategy", "guided",
+                                  "--rates", "0.5,0.9", "--max-drop", "-100", "--json", *FAST)
+    result = json.loads(out_json)  # an impossible budget: nothing is kept
+    assert code == 0 and "max-drop" in result["stopped"] and len(result["models"]) == 1
+
+
+def test_results_do_not_depend_on_workers_or_engine(tiny_model, tmp_path, capsys):
+    runs = {"serial": (["--workers", "1"], ("s4op", "guided")), "processes": (["--workers", "2"], ("s4op", "guided")),
+            "ray": (["--workers", "2", "--ray-address", "local"], ("s4op",))}  # one Ray start: 2 cores are shared
+    outcomes = {}
+    for name, (extra, strategies) in runs.items():
+        for strategy in strategies:
+            code, _, err = run_cli(capsys, "prune", tiny_model, "--out", tmp_path / name, "--strategy", strategy,
+                                   "--rates", "0.25,0.5", *FAST, *extra)
+            assert code == 0, err
+        outcomes[name] = sorted((e["strategy"], e["rate"], e["accuracy"], e["operators"], e["cycles_per_step"])
+                                for e in pareto(tmp_path / name))
+    assert outcomes["serial"] == outcomes["processes"]
+    assert outcomes["ray"] == [o for o in outcomes["serial"] if o[0] != "guided"]
+    for name, checkpoint in [("processes", "pruned_50_guided.pt"), ("ray", "pruned_50.pt")]:  # bit-identical weights
+        a, _ = load_model(tmp_path / "serial" / checkpoint)
+        b, _ = load_model(tmp_path / name / checkpoint)
+        assert all(torch.equal(va, vb) for va, vb in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_pruning_an_already_pruned_model(tiny_model, tmp_path, capsys):
+    out = tmp_path / "first"
+    assert run_cli(capsys, "prune", tiny_model, "--out", out, "--strategy", "guided", "--rates", "0.5",
+                   "--granularity", "operator,block", *FAST)[0] == 0
+    first = out / "pruned_50.pt"
+    code, _, err = run_cli(capsys, "prune", first, "--out", tmp_path / "again", "--strategy", "s4op", "--rates", "0.3,0.7", *FAST)
+    assert code == 2 and "already pruned" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "again").exists()
+    code, out_json, err = run_cli(capsys, "prune", first, "--out", tmp_path / "again", "--strategy", "guided", "--rates", "0.7",
+                                  "--json", *FAST)
+    assert code == 0, err
+    start, kept = json.loads(out_json)["models"]
+    assert start["strategy"] == "start" and start["rate"] == pytest.approx(0.5, abs=0.07)
+    _, ckpt = load_model(kept["path"])
+    assert [step["rate"] for step in ckpt["pruning"]["history"]][-1] == 0.7
+    assert len({step["rate"] for step in ckpt["pruning"]["history"]}) == 2  # the earlier steps are kept
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--strategy", "s4op", "--rates", "0.3,1.2"], "(0, 1)"),
+    (["--strategy", "s4op", "--rates", "0"], "(0, 1)"),
+    (["--strategy", "s4op", "--rates", "0.5,0.3"], "increasing"),
+    (["--strategy", "s4op", "--rates", "a,b"], "fractions"),
+    (["--strategy", "guided", "--score", "magnitude"], "unknown score"),
+    (["--strategy", "guided", "--latency", "stopwatch"], "unknown latency oracle"),
+    (["--strategy", "guided", "--granularity", "neuron"], "unknown granularity"),
+    (["--strategy", "s4op", "--granularity", "mode"], "operators only"),
+    (["--strategy", "guided", "--board", "pdp-11"], "unknown board"),
+    (["--strategy", "guided", "--target-ratio", "2"], "target-ratio"),
+    (["--strategy", "guided", "--device", "cuda:7"] if not torch.cuda.is_available() else ["--strategy", "guided", "--device", "tpu"], "device"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tiny_model, tmp_path, capsys, argv, message):
+    out = tmp_path / "never"
+    code, _, err = run_cli(capsys, "prune", tiny_model, "--out", out, *argv)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_bad_lut_on_the_command_line(tiny_model, tmp_path, capsys):
+    table = lut(model={"d_model": 8, "d_state": 8, "n_layers": 2}, layers=[{"width": {"0": 1, "8": 9}}] * 2)
+    for name, content in {"m4": json.dumps({**table, "board": "cortex-m4"}), "broken": "[1, 2"}.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(content)
+        code, _, err = run_cli(capsys, "prune", tiny_model, "--out", tmp_path / name, "--strategy", "guided",
+                               "--latency", f"lut:{path}")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "latency table" in err
+        assert not (tmp_path / name).exists()
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(table))
+    code, out_json, err = run_cli(capsys, "prune", tiny_model, "--out", tmp_path / "lut", "--strategy", "guided",
+                                  "--rates", "0.5", "--latency", f"lut:{good}", "--json", *FAST)
+    assert code == 0, err
+    assert all(e["cycles_source"] == "emulator instruction count (table good.json)" for e in json.loads(out_json)["models"])
+
+
+def test_qat_hook_passes_the_fake_quantized_forward_to_fit(tiny_model, monkeypatch):
+    from s4op_micro.data import load_dataset
+    from s4op_micro.export import qat
+
+    calls = []
+    real = qat.make_qat_forward
+
+    def counting(model, calib_x, coeff_bits=8):
+        forward = real(model, calib_x, coeff_bits)
+
+        def run(m, x):
+            calls.append(len(x))
+            return forward(m, x)
+
+        return run
+
+    monkeypatch.setattr(qat, "make_qat_forward", counting)
+    model, _ = load_model(tiny_model)
+    full = load_dataset(name="gunpoint")  # the fake-quantized forward streams step by step: a few sequences
+    data = dataclasses.replace(full, x_train=full.x_train[:12], y_train=full.y_train[:12], x_val=full.x_val[:4],
+                               y_val=full.y_val[:4])
+    task = dict(model=finetune.pack(model), epochs=1, lr=1e-3, batch_size=6, seed=0, patience=None,
+                progress=False, desc="qat", device="cpu", qat=True, coeff_bits=8)
+    history = finetune.finetune_task(task, data)["history"]
+    assert sum(calls) >= len(data.x_train) and 0 <= history["val_accuracy"] <= 1
+    monkeypatch.delattr(qat, "make_qat_forward")
+    with pytest.raises(UserError, match="qat"):
+        finetune.finetune_task(task, data)
+
+
+def test_damage_measurement_is_reproducible(tiny_model):
+    model, ckpt = load_model(tiny_model)
+    from s4op_micro.data import load_dataset
+
+    data = load_dataset(name="gunpoint")
+    task = dict(model=finetune.pack(model), device="cpu")
+    a, b = finetune.damage_task(task, data), finetune.damage_task(task, data)
+    assert a == b and 0 <= a["accuracy"] <= 1
+    x, y = finetune.selection_set(data)
+    assert len(x) == len(data.x_val) + len(data.x_train[:finetune.SELECTION_TRAIN]) and np.all(y[: len(data.y_val)] == data.y_val)
