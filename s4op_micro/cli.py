@@ -66,6 +66,9 @@ def main(argv=None):
     except UserError as e:
         print(f"s4op-micro {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `s4op-micro info MODEL | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -129,7 +129,7 @@ def test_bypass_and_removed_channels():
     u = torch.randn(1, 4, 10, dtype=torch.float64)
     y = layer.ssm_conv(u)
     torch.testing.assert_close(y[:, [0, 3]], u[:, [0, 3]])
-    assert float(y[:, 2].abs().max()) == 0.0
+    assert float(y[:, 2].detach().abs().max()) == 0.0
     assert layer.kernel.C.shape[0] == 1 and layer.D.shape == (1,)  # physically one operator
 
 

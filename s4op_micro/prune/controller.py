@@ -17,7 +17,8 @@ cycles saved come from the latency oracle, and the proposal with the least loss 
 saved wins; a one-epoch fine-tune follows it. At each rate the model is fine-tuned with what is left
 of the budget, so both strategies spend the same number of fine-tune epochs per rate at most
 (seeds x finetune_epochs). Stops when validation accuracy falls more than --max-drop points below the
-unpruned model (that model is not kept), or once the cycle target is met.
+unpruned model (that model is not kept), or once the cycle target is met (past the last rate if
+need be).
 """
 
 import math
@@ -183,8 +184,10 @@ def run_guided(start, ctx):
     def cycles_met(c):
         return s.target_cycles is not None and ctx.oracle.estimate(c.model, c.lineage) <= s.target_cycles
 
-    for m, rate in enumerate(s.rates):
-        label = f"guided {rate:.0%}"
+    # a cycle target not met at the last rate: go on pruning (blocks included) until it is met
+    schedule = [*s.rates, *([1.0] if s.target_cycles is not None else [])]
+    for m, rate in enumerate(schedule):
+        label = f"guided {rate:.0%}" if rate < 1 else "guided (to the cycle target)"
         used = step = 0
         while current.rate < rate - 1e-9 and not cycles_met(current) and step < MAX_STEPS:
             remaining = rate - current.rate
@@ -204,7 +207,7 @@ def run_guided(start, ctx):
                                f"below the unpruned model's {base_accuracy:.3f} (--max-drop {s.max_drop:g}); not kept")
             return
         met = cycles_met(current)
-        yield (rate if current.rate >= rate - 1e-9 else round(current.rate, 2)), current
+        yield (rate if current.rate >= rate - 1e-9 else round(current.rate, 3)), current
         if met:
             ctx.stop_reason = f"cycle target {s.target_cycles:.0f} per step reached"
             return

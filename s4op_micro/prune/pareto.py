@@ -31,10 +31,12 @@ def read(directory):
 
 
 def checkpoint_name(rate, strategy, others):
-    """pruned_<pct>.pt; with the other strategy's pruned_<pct>.pt already in DIR, pruned_<pct>_<strategy>.pt."""
-    name = f"pruned_{round(100 * rate)}.pt"
+    """pruned_<pct>.pt; with the other strategy's pruned_<pct>.pt already in DIR, pruned_<pct>_<strategy>.pt.
+    (<pct> keeps a decimal where the rate is not a whole percentage, e.g. where a cycle target stopped.)"""
+    pct = f"{round(100 * rate, 1):g}"
+    name = f"pruned_{pct}.pt"
     taken = {Path(e["path"]).name for e in others}
-    return name if name not in taken else f"pruned_{round(100 * rate)}_{strategy}.pt"
+    return name if name not in taken else f"pruned_{pct}_{strategy}.pt"
 
 
 def others(entries, strategy):
