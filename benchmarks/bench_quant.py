@@ -21,7 +21,7 @@ from s4op_micro.train import DATASET_DEFAULTS  # noqa: E402
 
 BOARD = "cortex-m7"
 COLUMNS = ["dataset", "coeff_bits", "n_test", "float", "int8 ref", "firmware", "mismatches", "flash_bytes",
-           "ram_bytes", "instructions/step", "cycles/step"]
+           "ram_bytes", "instructions/step", "cycles/step", "MAC-bound cycles/step", "x MAC bound"]
 
 
 def run_tolerant(argv):
@@ -61,7 +61,10 @@ def bench(datasets, limit, digits_limit, work):
                          "ram_bytes": res.get("ram_bytes", exp.get("ram_bytes")),
                          "instructions/step": int(round(res["instructions_per_step"])),
                          "cycles/step": int(round(res["cycles_per_step"])),
-                         "export_int_accuracy": exp.get("int_accuracy"), "macs_per_step": exp.get("macs_per_step")})
+                         "export_int_accuracy": exp.get("int_accuracy"), "macs_per_step": exp.get("macs_per_step"),
+                         # Cortex-M7 limit: two 16-bit MACs per cycle (SMLAD), nothing else counted
+                         "MAC-bound cycles/step": exp["macs_per_step"] // 2,
+                         "x MAC bound": round(res["cycles_per_step"] / (exp["macs_per_step"] / 2), 1)})
             print(f"{name} {bits}-bit: {rows[-1]} ({time.time() - start:.0f} s in QEMU)", file=sys.stderr, flush=True)
     return rows, sources
 
@@ -87,6 +90,8 @@ def main(argv=None):
         "instructions/step: QEMU instruction count (per time step); cycles/step: estimated from the instruction "
         f"count with the board's CPI ({'; '.join(sorted(s for s in sources if s))}), not measured on hardware.",
         "flash/RAM: as reported by `run`/`export` (arm-none-eabi-gcc sizes of the model sources).",
+        "MAC-bound cycles/step: macs_per_step / 2 (a Cortex-M7 retiring two 16-bit MACs per cycle and nothing "
+        "else); x MAC bound = estimated cycles / that bound: how far the step is from pure multiply-accumulate.",
         "Test set: " + (f"first {limit} sequences per dataset" if limit else "full test set")
         + (f"; digits limited to {a.digits_limit} sequences ({', '.join(partial)}) for time" if partial else "") + ".",
     ]

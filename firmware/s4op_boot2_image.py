@@ -17,11 +17,12 @@ def crc32_mpeg2(data):
     return crc
 
 
-def main(raw_path, c_path):
+def write_image(raw_path, c_path):
+    """Also used by `s4op-micro build` (s4op_micro/firmware.py), so both builds agree byte for byte."""
     with open(raw_path, "rb") as f:
         code = f.read()
     if len(code) > 252:
-        sys.exit(f"boot2 is {len(code)} bytes, more than the 252 the RP2040 boot ROM loads")
+        raise ValueError(f"boot2 is {len(code)} bytes, more than the 252 the RP2040 boot ROM loads")
     image = code.ljust(252, b"\0")
     image += crc32_mpeg2(image).to_bytes(4, "little")
     with open(c_path, "w") as f:
@@ -33,4 +34,7 @@ def main(raw_path, c_path):
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit(__doc__.strip().splitlines()[-1].strip())
-    main(sys.argv[1], sys.argv[2])
+    try:
+        write_image(sys.argv[1], sys.argv[2])
+    except ValueError as e:
+        sys.exit(str(e))

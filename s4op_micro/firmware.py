@@ -166,15 +166,19 @@ def _size(size_tool, elf):
     return text, data, bss
 
 
+def _boot2_tool():
+    """firmware/s4op_boot2_image.py: the boot2 padding + CRC step the exported Makefile also runs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("s4op_boot2_image", firmware_dir() / "s4op_boot2_image.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def crc32_mpeg2(data):
-    """CRC-32/MPEG-2 (poly 0x04C11DB7, init 0xFFFFFFFF, not reflected, no final xor): the RP2040
-    boot ROM's check of the 252 bytes of boot2."""
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc ^= b << 24
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x04C11DB7) & 0xFFFFFFFF if crc & 0x80000000 else (crc << 1) & 0xFFFFFFFF
-    return crc
+    """CRC-32/MPEG-2: the RP2040 boot ROM's check of the 252 bytes of boot2."""
+    return _boot2_tool().crc32_mpeg2(data)
 
 
 def _boot2_source(tc, arch, out, log):
@@ -185,15 +189,11 @@ def _boot2_source(tc, arch, out, log):
         _, err = _run_tool(cmd, what, log)
         if err:
             raise UserError(err)
-    code = raw.read_bytes()
-    if len(code) > 252:
-        raise UserError(f"boot2 is {len(code)} bytes, more than the 252 the RP2040 boot ROM loads")
-    image = code.ljust(252, b"\0")
-    image += crc32_mpeg2(image).to_bytes(4, "little")
     src = out / "s4op_boot2_image.c"
-    src.write_text("/* RP2040 boot2 + CRC32, generated from s4op_boot2_rp2040.S */\n#include <stdint.h>\n"
-                   '__attribute__((section(".boot2"), used)) const uint8_t s4op_boot2[256] = {\n'
-                   + ",".join(str(b) for b in image) + "\n};\n")
+    try:
+        _boot2_tool().write_image(raw, src)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     return src
 
 

@@ -26,8 +26,9 @@ MODELS = ("base", "pruned")
 
 def run_command(argv):
     """Run one subcommand in-process with --json; return its parsed result (or raise its error)."""
-    from .cli import build_parser
+    from .cli import build_parser, limit_torch_threads
 
+    limit_torch_threads()
     args = build_parser().parse_args([*argv, "--json"])
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -98,6 +99,7 @@ def results_rows(results):
         rows.append({
             "model": m, "float": emu["float_accuracy"], "int8 ref": emu["reference_accuracy"],
             "firmware": emu["accuracy"], "tflm": tflm.get("accuracy"), "mismatches": emu["mismatches"],
+            "tflm max LSB": tflm.get("max_lsb_diff"),
             "operators": kept, "flash_bytes": exp.get("flash_bytes"), "ram_bytes": exp.get("ram_bytes"),
             "instructions/step": emu["instructions_per_step"], "cycles/step": emu["cycles_per_step"],
             "cycles_source": emu["cycles_source"],
@@ -107,7 +109,7 @@ def results_rows(results):
 
 def results_table(results, board):
     rows = results_rows(results)
-    cols = ["model", "float", "int8 ref", "firmware", "tflm", "mismatches", "operators", "flash_bytes",
+    cols = ["model", "float", "int8 ref", "firmware", "tflm", "mismatches", "tflm max LSB", "operators", "flash_bytes",
             "ram_bytes", "instructions/step", "cycles/step"]
 
     def fmt(v):
@@ -122,8 +124,8 @@ def results_table(results, board):
     lines += [
         "",
         f"board {board}; accuracies are test-set fractions (float = PyTorch, int8 ref = numpy integer reference, "
-        f"firmware = QEMU, tflm = TFLM runtime); {base['mismatches'] + pruned['mismatches']} firmware scores "
-        f"differ from the integer reference.",
+        f"firmware = QEMU, tflm = TFLM runtime); mismatches: test sequences whose firmware scores differ from "
+        f"the integer reference; tflm max LSB: largest TFLM score difference from it.",
         f"pruned model: {chosen['strategy']} at {chosen['rate']:.0%} of operators "
         + ("(the most pruned within the accuracy budget)" if chosen["within_budget"] else "(none met the budget: the most accurate)")
         + f"; {base['instructions/step'] / pruned['instructions/step']:.2f}x fewer instructions per step than the base.",

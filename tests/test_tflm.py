@@ -337,3 +337,19 @@ def test_main_cc_compiles_against_the_tflm_api(exported, tmp_path):
         res = subprocess.run(["g++", "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", *flags,
                               "-I", tmp_path, "-I", d, d / "main.cc"], capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
+
+
+def test_readout_scales_always_have_a_tflm_scale_pair():
+    """Multipliers within 2^-24 of a power of two have no float32 scale pair; the export's readout
+    scales step out of those bands (a failing hypothesis case had M = 2147483598)."""
+    from s4op_micro.export import intmath as im
+    from s4op_micro.export.quantize import tflm_expressible
+    from s4op_micro.export.tflm_graph import scale_pair
+
+    rng = np.random.default_rng(0)
+    for s_out in np.float32(rng.uniform(1e-3, 1.0, 20)).astype(float):
+        for ratio in (1 - 2.0 ** -27, 1 - 2.0 ** -24, 0.5 + 2.0 ** -28, 0.5 + 2.0 ** -25, 0.75, 0.999):
+            s = tflm_expressible(ratio * s_out * 8, s_out)
+            assert abs(s / (ratio * s_out * 8) - 1) < 2.0 ** -20
+            M, shift = im.quantize_multiplier(s / s_out)
+            scale_pair(int(M), int(shift))  # raises when TFLM could not be given (M, shift)

@@ -75,12 +75,32 @@ def widen(r, margin):
     return lo - margin * (hi - lo), hi + margin * (hi - lo)
 
 
+def f32(x):
+    """Scales are stored as float32 in a .tflite, and TFLM derives its multipliers from those: round
+    every scale to float32 where it is made, so our multipliers are TFLM's."""
+    return np.asarray(x, dtype=np.float32).astype(np.float64) if np.ndim(x) else float(np.float32(x))
+
+
+def tflm_expressible(s, s_out):
+    """Nudge a (free) readout scale so that TFLM can be handed its requantization multiplier exactly.
+
+    TFLM derives (M, shift) from a ratio of two float32 scales; ratios of 24-bit mantissas never fall
+    just above 0.5 or just below 1 (within 2^-24 of a power of two) except on it, so a multiplier there
+    has no float32 scale pair (export/tflm_graph.scale_pair). Moving s by < 2^-22 costs no accuracy."""
+    m, e = math.frexp(s / s_out)
+    if m > 1 - 2.0 ** -22:
+        m = 1 - 2.0 ** -22
+    elif 0.5 < m < 0.5 + 2.0 ** -23:
+        m = 0.5 + 2.0 ** -23
+    return math.ldexp(m, e) * s_out
+
+
 def act_qparams(lo, hi):
     """TFLite asymmetric int8 (scale, zero point) for a float range, widened to hold 0."""
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     if hi - lo < 1e-9:
         hi = lo + 1e-9
-    scale = (hi - lo) / 255.0
+    scale = f32((hi - lo) / 255.0)
     zp = int(np.clip(im.round_half_away(-128 - lo / scale), -128, 127))
     return {"scale": scale, "zero_point": zp}
 
@@ -89,7 +109,7 @@ def quantize_fc(W, b, s_in, z_in, out):
     """Per-output-channel symmetric int8 FC (TFLM FULLY_CONNECTED): w, bias int32, (M, shift)."""
     W = np.atleast_2d(W)
     amax = np.abs(W).max(axis=1) if W.shape[1] else np.zeros(len(W))
-    s_w = np.where(amax > 0, amax / 127.0, 1.0)
+    s_w = f32(np.where(amax > 0, amax / 127.0, 1.0))
     w = np.clip(im.round_half_away(W / s_w[:, None]), -127, 127).astype(np.int64)
     bias = im.round_half_away(b / (s_in * s_w))
     if np.abs(bias).max(initial=0) > im.INT32_MAX:
@@ -250,7 +270,7 @@ def quantize_model(model, calib_x, coeff_bits=8):
             s = amax / qmax if amax > 0 else (abs(Dp[c]) / 2 ** 14 if Dp[c] != 0 else ty["scale"])
             budget = ACC_LIMIT - 65536.0 * len(cc) - 256.0     # room for the rounding of every code
             s = max(s, (32768.0 * l1 + 255.0 * abs(Dp[c]) + abs(Db[c])) / budget, ty["scale"] * 2.0 ** -30)
-            s_c[c] = s
+            s_c[c] = s = tflm_expressible(s, ty["scale"])
             c_re[ms[c] : ms[c + 1]] = np.clip(im.round_half_away(cc.real / s), -qmax, qmax)
             c_im[ms[c] : ms[c + 1]] = np.clip(im.round_half_away(cc.imag / s), -qmax, qmax)
             d_q[c], b_q[c] = im.round_half_away(Dp[c] / s), im.round_half_away(Db[c] / s)
@@ -309,7 +329,7 @@ def post_params(scale, shift, t_in, t_out):
     weights (+-127: the magnitude lives in the multiplier) and int32 bias."""
     s_in = t_in["scale"]
     s_w = np.maximum(np.abs(scale) / 127.0, np.abs(shift) / (s_in * 2.0 ** 30))
-    s_w = np.where(s_w > 0, s_w, 1.0)
+    s_w = f32(np.where(s_w > 0, s_w, 1.0))
     w = np.clip(im.round_half_away(scale / s_w), -127, 127).astype(np.int64)
     bias = im.round_half_away(shift / (s_in * s_w)).astype(np.int64)
     M, S = im.quantize_multiplier(s_in * s_w / t_out["scale"])

@@ -181,8 +181,9 @@ def run_guided(start, ctx):
     s, current = ctx.s, start
     base_accuracy, _ = ctx.validation(start.model)
 
-    def cycles_met(c):
-        return s.target_cycles is not None and ctx.oracle.estimate(c.model, c.lineage) <= s.target_cycles
+    def cycles_met(c):  # the estimate first; a measuring oracle then confirms (and refreshes its scale)
+        return (s.target_cycles is not None and ctx.oracle.estimate(c.model, c.lineage) <= s.target_cycles
+                and ctx.oracle.cycles(c.model, c.lineage) <= s.target_cycles)
 
     # a cycle target not met at the last rate: go on pruning (blocks included) until it is met
     schedule = [*s.rates, *([1.0] if s.target_cycles is not None else [])]

@@ -1,0 +1,33 @@
+"""The main job end to end on a shipped dataset (reduced budget), and its resumability."""
+
+import json
+
+from s4op_micro.cli import main
+
+ARGS = ["pipeline", "--dataset", "gunpoint", "--epochs", "5", "--rates", "0.5", "--seeds", "1",
+        "--finetune-epochs", "1", "--limit", "6", "--max-drop", "100"]
+
+
+def test_pipeline_end_to_end_and_resumable(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*ARGS, "--out", str(run), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    base, pruned = rows
+    for row in rows:
+        assert row["mismatches"] == 0 and row["tflm max LSB"] == 0  # firmware and TFLM == integer reference
+        assert row["cycles_source"].startswith("emulator instruction count")
+    assert sum(pruned["operators"]) < sum(base["operators"])
+    assert pruned["instructions/step"] < base["instructions/step"]  # pruned operators are really gone
+    assert (run / "results.md").exists() and (run / "layers.png").exists() and (run / "prune" / "pareto.png").exists()
+    stages = json.loads((run / "stages.json").read_text())["results"]
+
+    # A second run redoes nothing: every stage keeps its recorded result.
+    assert main([*ARGS, "--out", str(run), "--json"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("done before") == len(stages)
+    assert json.loads((run / "stages.json").read_text())["results"] == stages
+
+    # --redo emulate redoes emulate and what follows, nothing before it.
+    assert main([*ARGS, "--out", str(run), "--redo", "emulate", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "train: done before" in err and "[6/7] emulate\n" in err and "[7/7] tflm\n" in err
