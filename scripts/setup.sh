@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages="gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm gcc make cmake valgrind"
+apt_packages="gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm gcc g++ make cmake valgrind"
 missing=""
 for p in $apt_packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
