@@ -5,9 +5,6 @@ with 8- and 16-bit recurrence coefficients and run in QEMU (cortex-m7) on the te
 """
 
 import argparse
-import contextlib
-import io
-import json
 import sys
 import tempfile
 import time
@@ -24,20 +21,6 @@ COLUMNS = ["dataset", "coeff_bits", "n_test", "float", "int8 ref", "firmware", "
            "ram_bytes", "instructions/step", "cycles/step", "MAC-bound cycles/step", "x MAC bound"]
 
 
-def run_tolerant(argv):
-    """Like run_command, but `run` exits 1 when firmware scores differ: keep its result anyway."""
-    from s4op_micro.cli import build_parser
-
-    args = build_parser().parse_args([*argv, "--json"])
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = args.func(args)
-    lines = [line for line in buf.getvalue().splitlines() if line.startswith("{")]
-    if code not in (0, 1) or not lines:
-        raise RuntimeError(f"`s4op-micro {' '.join(argv)}` failed with exit code {code}")
-    return json.loads(lines[-1])
-
-
 def bench(datasets, limit, digits_limit, work):
     rows, sources = [], set()
     for name in datasets:
@@ -51,8 +34,8 @@ def bench(datasets, limit, digits_limit, work):
             exp = run_command(["export", str(d / "train" / "model.pt"), "--board", BOARD, "--out", str(out),
                                "--coeff-bits", str(bits), "--formats", "c", "--force", "--dataset", name])
             start = time.time()
-            res = run_tolerant(["run", str(out), "--emulator", "qemu", "--dataset", name,
-                                *(["--limit", str(n)] if n else [])])
+            res = run_command(["run", str(out), "--emulator", "qemu", "--dataset", name,
+                                *(["--limit", str(n)] if n else [])], ok_codes=(0, 1))
             sources.add(res.get("cycles_source"))
             rows.append({"dataset": name, "coeff_bits": bits, "n_test": res["n_sequences"],
                          "float": res["float_accuracy"], "int8 ref": res["reference_accuracy"],

@@ -5,7 +5,6 @@ training time (wall clock on this machine; shared 2-core machines make it indica
 """
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_results  # noqa: E402
 
-from s4op_micro.cli import main  # noqa: E402
+from s4op_micro.pipeline import run_command  # noqa: E402
 from s4op_micro.train import DATASET_DEFAULTS  # noqa: E402
 
 TARGETS = {"gunpoint": 0.95, "arrowhead": 0.80, "basicmotions": 0.95, "digits": 0.95}
@@ -24,13 +23,7 @@ def run(datasets):
     with tempfile.TemporaryDirectory() as tmp:
         for name in datasets:
             out = Path(tmp) / name
-            import contextlib
-            import io
-
-            buf = io.StringIO()
-            with contextlib.redirect_stdout(buf):
-                main(["train", "--dataset", name, "--out", str(out), "--quiet", "--json"])
-            r = json.loads(buf.getvalue().splitlines()[-1])
+            r = run_command(["train", "--dataset", name, "--out", str(out), "--quiet"])
             hp = DATASET_DEFAULTS[name]
             rows.append({"dataset": name, "accuracy": r["accuracy"], "target": TARGETS[name],
                          "met": "yes" if r["accuracy"] >= TARGETS[name] else "NO",
