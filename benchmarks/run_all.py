@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/run_all.py [--quick] [--only NAME,...] [--only-collect]
 
 A failing benchmark does not stop the others; the exit status is non-zero if any failed.
---quick passes each benchmark's reduced budget where it has one (prune, quant, latency, scaling:
---quick; train and tflm have none and run in full).
+--quick passes each benchmark's reduced budget where it has one (select, prune, quant, latency,
+scaling: --quick; train and tflm have none and run in full).
 """
 
 import argparse
@@ -19,6 +19,7 @@ RESULTS = HERE / "results"
 # name -> (script, extra arguments with --quick)
 BENCHMARKS = {
     "train": ("bench_train.py", []),
+    "select": ("bench_select.py", ["--quick"]),
     "prune": ("bench_prune.py", ["--quick"]),
     "quant": ("bench_quant.py", ["--quick"]),
     "tflm": ("bench_tflm.py", []),

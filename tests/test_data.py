@@ -111,6 +111,15 @@ def test_val_split_is_deterministic_and_disjoint(tmp_path):
     assert sorted(np.bincount(a.y_val).tolist()) == [2, 2, 2, 2]  # stratified
 
 
+def test_val_fraction_zero_trains_on_every_sequence(tmp_path):
+    path = _ids_npz(tmp_path)
+    d = load_dataset(data=path, val_fraction=0)
+    assert _row_ids(d, d.x_train) == set(range(40)) and len(d.x_val) == 0 and len(d.y_val) == 0
+    assert d.x_val.shape[1:] == d.x_train.shape[1:]
+    with pytest.raises(UserError, match="val_fraction"):
+        load_dataset(data=path, val_fraction=-0.1)
+
+
 def test_max_train_caps_with_a_seeded_subsample(tmp_path):
     path = _ids_npz(tmp_path)
     a, b = load_dataset(data=path, max_train=20), load_dataset(data=path, max_train=20)

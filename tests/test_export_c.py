@@ -1,5 +1,6 @@
 """Generated C vs the integer reference: bit-exact on random models (hypothesis), scalar and DSP
-paths, clean under strict flags on host gcc and arm-none-eabi-gcc, saturation counted in debug."""
+paths, requantization on every shift and edge operand, clean under strict flags on host gcc and
+arm-none-eabi-gcc, saturation counted in debug."""
 
 import shutil
 import subprocess
@@ -10,12 +11,13 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from s4op_micro.export import IntegerReference, quantize_model
+from s4op_micro.export import intmath as im
 from s4op_micro.export.cgen import render_c
 from s4op_micro.export.hostrun import STRICT, compile_host, run_host
 from s4op_micro.models import SequenceClassifier
 
 # Portable models of the ACLE intrinsics the DSP path uses (ARMv7E-M ARM: SMLAD, SMLADX, SMLSD,
-# SXTB16; wrap-around arithmetic, which never happens here since every sum is bounded at export).
+# SXTB16, SSAT; wrap-around arithmetic, which never happens here since every sum is bounded at export).
 # Compiling the DSP path on the host with these checks its data layout and packing bit-exactly.
 ACLE_SHIM = r"""
 #include <stdint.h>
@@ -28,6 +30,10 @@ static inline int32_t __smlsd(int32_t a, int32_t b, int32_t c) { return wrap((in
 static inline int32_t __sxtb16(int32_t x) {
     uint32_t u = (uint32_t)x;
     return (int32_t)(((uint32_t)(uint16_t)(int16_t)(int8_t)(u & 0xFFu)) | ((uint32_t)(uint16_t)(int16_t)(int8_t)((u >> 16) & 0xFFu) << 16));
+}
+static inline int32_t __ssat(int32_t x, int bits) {
+    const int32_t hi = (int32_t)((1u << (bits - 1)) - 1u), lo = -hi - 1;
+    return x > hi ? hi : x < lo ? lo : x;
 }
 """
 
@@ -153,3 +159,42 @@ def test_cross_compiles_clean_for_cortex_m(tmp_path, bits, prenorm):
         assert ("smlsd" in dis) == (cpu != "cortex-m0plus")
         # the last build had -DS4OP_NO_FLOAT: no float or double code at all (soft-float calls)
         assert "__aeabi_f" not in dis and "__aeabi_d" not in dis
+
+
+MBQM_MAIN = r"""
+#include <stdio.h>
+#include "s4op_model.c"
+int main(void)   /* (x, m, shift) int32 triples on stdin -> MBQM(x, m, shift) int32 on stdout */
+{
+    int32_t v[3], r;
+    while (fread(v, sizeof v, 1, stdin) == 1) {
+        r = mbqm(v[0], rq(v[1], v[2]));
+        fwrite(&r, sizeof r, 1, stdout);
+    }
+    return 0;
+}
+"""
+
+
+def test_requantization_is_tflms_on_every_shift_and_edge_operand(tmp_path):
+    """The C MBQM (SRDHM's and RDBPOT's roundings folded into one 64-bit sum) = the reference's TFLM
+    MultiplyByQuantizedMultiplier: every shift QuantizeMultiplier gives (-31..30), extreme multipliers
+    and operands, and rounding ties (m = 2^30 puts x m + 2^30 on a multiple of 2^31 for odd x)."""
+    q = quantize_model(_slow_model(), np.random.default_rng(0).normal(size=(2, 10, 1)), coeff_bits=8)
+    render_c(q, tmp_path)
+    (tmp_path / "main.c").write_text(MBQM_MAIN)
+    exe = tmp_path / "mbqm"
+    subprocess.run([shutil.which("gcc"), *STRICT, "-I", str(tmp_path / "include"), "-I", str(tmp_path / "src"),
+                    str(tmp_path / "main.c"), str(tmp_path / "src" / "s4op_weights.c"), "-o", str(exe)], check=True)
+    rng = np.random.default_rng(2)
+    p2 = np.int64(1) << np.arange(31)
+    x = np.unique(np.concatenate([[0, im.INT32_MIN, im.INT32_MAX], p2, p2 - 1, p2 + 1, -p2, 1 - p2, -1 - p2,
+                                  np.arange(-300, 301), rng.integers(im.INT32_MIN, im.INT32_MAX, 300, endpoint=True),
+                                  rng.integers(-2**20, 2**20, 300)]))
+    x = x[(x >= im.INT32_MIN) & (x <= im.INT32_MAX)]
+    m = np.array([0, 1, 3, 2**30, 2**30 + 1, 2**31 - 2, 2**31 - 1, *rng.integers(2**30, 2**31, 8)])
+    X, M, S = np.meshgrid(x, m, np.arange(-31, 31), indexing="ij")
+    args = np.stack([X.ravel(), M.ravel(), S.ravel()], 1).astype("<i4")
+    res = subprocess.run([str(exe)], input=args.tobytes(), capture_output=True, check=True)
+    got = np.frombuffer(res.stdout, dtype="<i4").astype(np.int64)
+    assert np.array_equal(got, im.mbqm(X.ravel(), M.ravel(), S.ravel()))

@@ -452,7 +452,7 @@ def test_qat_hook_passes_the_fake_quantized_forward_to_fit(tiny_model, monkeypat
     data = dataclasses.replace(full, x_train=full.x_train[:12], y_train=full.y_train[:12], x_val=full.x_val[:4],
                                y_val=full.y_val[:4])
     task = dict(model=finetune.pack(model), epochs=1, lr=1e-3, batch_size=6, seed=0, patience=None,
-                progress=False, desc="qat", device="cpu", qat=True, coeff_bits=8)
+                progress=False, desc="qat", device="cpu", qat=True, coeff_bits=8, augment=())
     history = finetune.finetune_task(task, data)["history"]
     assert sum(calls) >= len(data.x_train) and 0 <= history["val_accuracy"] <= 1
     monkeypatch.delattr(qat, "make_qat_forward")

@@ -7,6 +7,7 @@ import torch
 
 from s4op_micro.checkpoint import load_model
 from s4op_micro.cli import main
+from s4op_micro.train import augment, parse_augment
 
 
 def run_cli(capsys, *argv):
@@ -55,6 +56,34 @@ def test_training_is_deterministic(tmp_path):
     b, _ = load_model(tmp_path / "b" / "model.pt")
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(va, vb), k
+
+
+def test_augmentation_perturbs_reproducibly_and_only_when_asked():
+    x = torch.randn(4, 50, 2)
+    a = augment(x, ("scale", "jitter"), torch.Generator().manual_seed(1))
+    b = augment(x, ("scale", "jitter"), torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, x)
+    scaled = augment(x, ("scale",), torch.Generator().manual_seed(1))
+    ratio = scaled / x  # one factor per (sequence, channel), within [0.8, 1.2]
+    assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), atol=1e-5)
+    assert ratio.min() >= 0.8 - 1e-6 and ratio.max() <= 1.2 + 1e-6
+    jittered = augment(x, ("jitter",), torch.Generator().manual_seed(1)) - x
+    assert 0.03 < float(jittered.std()) < 0.07  # 0.05 noise
+    assert parse_augment("none") == () and parse_augment("scale, jitter") == ("scale", "jitter")
+
+
+def test_no_validation_split_keeps_the_last_epoch(tmp_path, capsys):
+    args = ["--dataset", "gunpoint", "--epochs", "3", "--d-model", "8", "--d-state", "4", "--n-layers", "1", "--quiet"]
+    code, out, _ = run_cli(capsys, "train", *args, "--val-fraction", "0", "--augment", "scale,jitter",
+                           "--out", str(tmp_path / "a"), "--json")
+    assert code == 0
+    res = json.loads(out)
+    assert res["val_accuracy"] is None
+    ckpt = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
+    assert ckpt["metrics"]["best_epoch"] == 2  # the last of 3
+    assert ckpt["metrics"]["hyperparameters"]["augment"] == "scale,jitter"
+    code, _, err = run_cli(capsys, "train", *args, "--augment", "warp", "--out", str(tmp_path / "b"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "warp" in err and not (tmp_path / "b").exists()
 
 
 def test_unknown_dataset_is_one_line_error(tmp_path, capsys):

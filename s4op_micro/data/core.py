@@ -104,9 +104,10 @@ def normalize(x, normalization):
 
 
 def build(name, raw, source, val_fraction=0.2, seed=0, max_train=None):
-    """Raw splits -> Dataset: encode labels, cap train, carve validation, fit and apply normalization."""
-    if not 0 < val_fraction < 1:
-        raise UserError(f"val_fraction {val_fraction} is out of range; pass a fraction between 0 and 1, e.g. 0.2")
+    """Raw splits -> Dataset: encode labels, cap train, carve validation, fit and apply normalization.
+    val_fraction 0: no validation set (every training sequence trains; empty x_val, y_val)."""
+    if not 0 <= val_fraction < 1:
+        raise UserError(f"val_fraction {val_fraction} is out of range; pass a fraction in [0, 1), e.g. 0.2")
     if max_train is not None and max_train < 2:
         raise UserError(f"--max-train {max_train} is too small; pass at least 2")
     classes = raw.classes if raw.classes is not None else sorted_classes(raw.y_train)
@@ -117,12 +118,15 @@ def build(name, raw, source, val_fraction=0.2, seed=0, max_train=None):
         if max_train is not None and max_train < len(y_train):
             keep, _ = split(y_train, len(y_train) - max_train, seed)
             x_train, y_train = x_train[keep], y_train[keep]
-        n_val = max(1, int(round(len(y_train) * val_fraction)))
-        if len(y_train) - n_val < 1:
-            raise UserError(f"only {len(y_train)} training sequences; need at least 2 to carve a validation split")
-        tr, va = split(y_train, n_val, seed)
-        x_val, y_val = x_train[va], y_train[va]
-        x_train, y_train = x_train[tr], y_train[tr]
+        if val_fraction == 0:
+            x_val, y_val = x_train[:0], y_train[:0]
+        else:
+            n_val = max(1, int(round(len(y_train) * val_fraction)))
+            if len(y_train) - n_val < 1:
+                raise UserError(f"only {len(y_train)} training sequences; need at least 2 to carve a validation split")
+            tr, va = split(y_train, n_val, seed)
+            x_val, y_val = x_train[va], y_train[va]
+            x_train, y_train = x_train[tr], y_train[tr]
     else:
         x_val, y_val = raw.x_val, encode(raw.y_val, classes, "validation")
         if max_train is not None and max_train < len(y_train):
@@ -132,6 +136,8 @@ def build(name, raw, source, val_fraction=0.2, seed=0, max_train=None):
             if n_val < len(y_val):
                 _, take = split(y_val, n_val, seed)
                 x_val, y_val = x_val[take], y_val[take]
+        if val_fraction == 0:
+            x_val, y_val = x_val[:0], y_val[:0]
     tokens = raw.vocab_size is not None
     if tokens:
         norm = {}

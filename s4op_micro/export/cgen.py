@@ -29,8 +29,8 @@ from . import quantize as qz
 
 # Code of s4op_model.c (-Os, Thumb-2), measured with arm-none-eabi-gcc 12.2 for cortex-m4: used
 # when no cross compiler is at hand and by the pruning controller's analytic oracle.
-CODE_BYTES = {16: 1900, 8: 2600}
-LAYER_DESC_BYTES = 212        # sizeof(s4op_layer_t) on a 32-bit target
+CODE_BYTES = {16: 1320, 8: 2400}
+LAYER_DESC_BYTES = 200        # sizeof(s4op_layer_t) on a 32-bit target
 FC_DESC_BYTES = 24
 
 
@@ -98,7 +98,7 @@ def cost_report(model_or_qmodel, coeff_bits=8):
         per_mode = (4 + 4) if coeff_bits == 16 else (2 + 0)
         c8 = 4 * sum((m + 1) // 2 for m in mpc)
         f = 2 * K + 2 * (K + 1) + M * per_mode + M + (4 * M if L["has_k"] else 0) + K * 13
-        f += (c8 + 12 * K + 2 * K) if coeff_bits == 8 else 0
+        f += (c8 + 12 * K) if coeff_bits == 8 else 0
         f += 512 + 2 * _fc_bytes(H, K) + (0 if sh["prenorm"] else 10 * H) + LAYER_DESC_BYTES
         m_macs = 7 * M + K + 2 * H * K + H + (0 if sh["prenorm"] else H)
         c_loads = M if coeff_bits == 16 else (M + 1) // 2
@@ -112,7 +112,7 @@ def cost_report(model_or_qmodel, coeff_bits=8):
         macs += m_macs
         loads += m_loads
     ram = 4 * H + 4 + 4 * (total_modes + 1) + (4 * (total_modes + 1) + 4 if coeff_bits == 8 else 0) \
-        + 4 * H + 2 * (max_kept + 4) + 2 * H
+        + H + (max_kept + 4) + 2 * H
     code = CODE_BYTES[coeff_bits]
     return {"flash_bytes": flash + code, "const_bytes": flash, "code_bytes": code, "code_bytes_estimated": True,
             "ram_bytes": ram, "macs_per_step": macs, "loads_per_step": loads, "coeff_bits": coeff_bits,
@@ -143,17 +143,19 @@ def _fc_ctx(p):
             "n_in": p["w"].shape[1], "out_zp": p["out_zp"]}
 
 
-def _c8_layout(c_re, c_im, mode_start):
-    """Per channel, per pair of modes: [re0, re1, im0, im1] (odd counts padded with zeros);
-    returns (bytes, first word per channel)."""
-    out, cw = [], []
+def _c_words(c_re, c_im, mode_start, bits):
+    """The readout coefficients as uint32 words: 16-bit, one per mode, re | im << 16; 8-bit, one per
+    pair of modes of a channel (an odd count padded with zeros), re0 | re1 << 8 | im0 << 16 | im1 << 24."""
+    c_re, c_im = np.asarray(c_re, np.int64), np.asarray(c_im, np.int64)
+    if bits == 16:
+        return (c_re & 0xFFFF) | (c_im & 0xFFFF) << 16
+    out = []
     for j in range(len(mode_start) - 1):
-        cw.append(len(out) // 4)
         s, e = mode_start[j], mode_start[j + 1]
         for m in range(s, e, 2):
-            two = m + 1 < e
-            out += [c_re[m], c_re[m + 1] if two else 0, c_im[m], c_im[m + 1] if two else 0]
-    return np.array(out, dtype=np.int64), np.array(cw, dtype=np.int64)
+            re1, im1 = (c_re[m + 1], c_im[m + 1]) if m + 1 < e else (0, 0)
+            out.append((c_re[m] & 0xFF) | (re1 & 0xFF) << 8 | (c_im[m] & 0xFF) << 16 | (im1 & 0xFF) << 24)
+    return np.array(out, dtype=np.int64)
 
 
 def template_context(q, source="model"):
@@ -169,11 +171,10 @@ def template_context(q, source="model"):
                "n_removed": q.meta["d_model"] - len(s["channels"])}
         if q.meta["coeff_bits"] == 16:
             ctx["a"] = np.stack([s["a_re"], s["a_im"]], 1).ravel()
-            ctx["c16"] = np.stack([s["c_re"], s["c_im"]], 1).ravel()
         else:
             ctx["code"] = np.stack([s["rho"], s["phi"]], 1).ravel()
             ctx["code_ch"] = np.stack([s["lg_lo"], s["lg_step"], s["dth"]], 1).ravel()
-            ctx["c8"], ctx["cw"] = _c8_layout(s["c_re"], s["c_im"], ms)
+        ctx["c"] = _c_words(s["c_re"], s["c_im"], ms, q.meta["coeff_bits"])
         m, a = L["mul"], L["add"]
         ctx["mul"] = [m["in1_zp"], m["in2_zp"], m["mult"], m["shift"], m["out_zp"]]
         ctx["add"] = [a["in1_zp"], a["in2_zp"], a["out_zp"], a["in1_mult"], a["in1_shift"], a["in2_mult"],

@@ -14,7 +14,7 @@ from ..checkpoint import load_model, save_checkpoint
 from ..errors import UserError
 from ..export import cost_report
 from ..outdir import atomic_output_dir
-from ..train import GENERIC_DEFAULTS, add_data_args, evaluate, load_data_for
+from ..train import GENERIC_DEFAULTS, add_data_args, evaluate, load_data_for, parse_augment
 from . import pareto
 from .controller import DEFAULT_RATES, GRANULARITIES, STRATEGIES, Candidate, Context, Settings, run
 from .finetune import check_device, qat_factory
@@ -73,6 +73,7 @@ def settings_from(args, model, ckpt, start_rate, log):
     return Settings(
         strategy=args.strategy, rates=rates, seeds=args.seeds, finetune_epochs=args.finetune_epochs,
         patience=args.patience, lr=args.lr or hp["lr"] * FINETUNE_LR_FACTOR, batch_size=args.batch_size or hp["batch_size"],
+        augment=parse_augment(hp["augment"]),
         score=args.score, granularity=parse_granularity(args.granularity, args.strategy, model.config["ssm"]),
         max_drop=max_drop, target_cycles=args.target_cycles, seed=args.seed, device=check_device(args.device),
         qat=args.qat, coeff_bits=args.coeff_bits, bars=not args.quiet, log=log)

@@ -48,6 +48,7 @@ class Settings:
     patience: int = 2
     lr: float = 1e-3
     batch_size: int = 32
+    augment: tuple = ()  # the training's augmentations (train.AUGMENTATIONS), also in fine-tunes
     score: str = "taylor"
     granularity: tuple = ("operator",)
     max_drop: float = None  # accuracy points
@@ -96,7 +97,7 @@ class Context:
         bars = s.bars and self.executor.in_process  # bars of parallel workers would garble
         tasks = [dict(model=pack(c.model), epochs=epochs, lr=s.lr, batch_size=s.batch_size, seed=seed,
                       patience=patience, progress=bars, desc=f"{label} {i + 1}/{n}", device=s.device, qat=s.qat,
-                      coeff_bits=s.coeff_bits)
+                      coeff_bits=s.coeff_bits, augment=s.augment)
                  for i, (c, seed) in enumerate(zip(candidates, seeds))]
 
         def report(i, result):

@@ -68,7 +68,7 @@ def finetune_task(task, data):
     quantized = qat_factory()(model, calibration, task["coeff_bits"]) if task["qat"] else None
     history = fit(model, data, task["epochs"], task["lr"], task["batch_size"], seed=task["seed"],
                   patience=task["patience"], progress=task["progress"], desc=task["desc"],
-                  forward_fn=forward_fn(task["device"], quantized))
+                  forward_fn=forward_fn(task["device"], quantized), augment_with=task["augment"])
     return {"model": pack(model), "history": history}
 
 
