@@ -17,6 +17,7 @@ Models: untrained but calibrated (instruction counts and sizes do not depend on 
 model size of `train --dataset digits` and the S4D block measured in DESIGN.md section 4.
 """
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -202,4 +203,5 @@ def publish(rows, per_invoke, per_op):
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()
