@@ -24,7 +24,7 @@ from common import write_results  # noqa: E402
 
 from s4op_micro.data import load_dataset  # noqa: E402
 from s4op_micro.models import SequenceClassifier  # noqa: E402
-from s4op_micro.train import DATASET_DEFAULTS, GENERIC_DEFAULTS, evaluate, fit, parse_augment, set_seed  # noqa: E402
+from s4op_micro.train import defaults_for, evaluate, fit, parse_augment, set_seed  # noqa: E402
 
 CANDIDATES = [  # overrides of the dataset's defaults
     dict(n_layers=2, epochs=80, augment=""),
@@ -55,7 +55,7 @@ def cv_accuracy(data, hp, folds, repeats):
 def run(dataset, folds, repeats):
     torch.set_num_threads(1)
     data = load_dataset(dataset, val_fraction=0)
-    base = {**GENERIC_DEFAULTS, **DATASET_DEFAULTS.get(dataset, {})}
+    base = defaults_for(dataset)
     rows = []
     for overrides in CANDIDATES:
         hp = {**base, **overrides}

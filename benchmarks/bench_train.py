@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_results  # noqa: E402
 
 from s4op_micro.pipeline import run_command  # noqa: E402
-from s4op_micro.train import DATASET_DEFAULTS, GENERIC_DEFAULTS  # noqa: E402
+from s4op_micro.train import defaults_for  # noqa: E402
 
 TARGETS = {"gunpoint": 0.95, "arrowhead": 0.80, "basicmotions": 0.95, "digits": 0.95}
 
@@ -47,7 +47,7 @@ def run(datasets, seeds):
                          "accuracies": accs, "seeds": list(seeds), "target": TARGETS[name],
                          "met": "yes" if mean >= TARGETS[name] else "NO", "params": r["params"],
                          "train_seconds": round(statistics.fmean(secs), 1),
-                         "config": describe({**GENERIC_DEFAULTS, **DATASET_DEFAULTS[name]})})
+                         "config": describe(defaults_for(name))})
     write_results("train", rows, ["dataset", "accuracy_mean", "accuracy_min", "accuracy_max", "target", "met", "params",
                                   "train_seconds", "config"],
                   f"Training: default configurations (test accuracy over seeds {','.join(map(str, seeds))})",

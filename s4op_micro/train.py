@@ -40,6 +40,11 @@ SSM_LR = 0.001
 AUGMENTATIONS = ("scale", "jitter")
 
 
+def defaults_for(dataset):
+    """The training hyperparameters of a shipped dataset (by name), else the generic ones."""
+    return {**GENERIC_DEFAULTS, **DATASET_DEFAULTS.get((dataset or "").lower(), {})}
+
+
 def set_seed(seed):
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -219,9 +224,9 @@ def add_data_args(p, required=True):
 def cmd_train(args):
     from .cli import emit
 
-    defaults = {**GENERIC_DEFAULTS, **DATASET_DEFAULTS.get((args.dataset or "").lower(), {})}
-    hp = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in defaults.items()}
-    hp["augment"] = ",".join(parse_augment(hp["augment"]))
+    hp = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in defaults_for(args.dataset).items()}
+    augment_with = parse_augment(hp["augment"])
+    hp["augment"] = ",".join(augment_with)
     data = load_dataset(name=args.dataset, data=args.data, root=args.root, max_train=args.max_train, seed=args.seed,
                         val_fraction=hp["val_fraction"])
     set_seed(args.seed)
@@ -232,7 +237,7 @@ def cmd_train(args):
     )
     with atomic_output_dir(args.out, force=args.force) as tmp:
         history = fit(model, data, hp["epochs"], hp["lr"], hp["batch_size"], seed=args.seed,
-                      progress=not args.quiet, desc=f"train {data.name}", augment_with=parse_augment(hp["augment"]))
+                      progress=not args.quiet, desc=f"train {data.name}", augment_with=augment_with)
         test = evaluate(model, data.x_test, data.y_test)
         metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "val_accuracy": history["val_accuracy"],
                    "train_seconds": history["seconds"], "best_epoch": history["best_epoch"], "hyperparameters": hp,
