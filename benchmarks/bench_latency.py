@@ -7,7 +7,7 @@ layer: 0, H/4, H/2, 3H/4, H bypassed-to-width, and H/2 with the rest *removed*),
 exported (quantized on gunpoint's training sequences; the weights are the seed-0 initialization:
 instruction counts depend on the shapes, not on training), built for the core and run in QEMU on 2
 gunpoint test sequences (150 steps). Measured = emulator instructions per step x the core's assumed
-CPI (s4op_micro.boards.CORE_CPI), i.e. the estimated cycles `run --emulator qemu` reports.
+CPI (s4op_micro.core.boards.CORE_CPI), i.e. the estimated cycles `run --emulator qemu` reports.
 
 The analytic oracle (s4op_micro.prune.latency: counts from the shapes x CORE_COSTS per cpu) is compared
 with the measurement before and after fitting its per-core constants (each constant times the count
@@ -31,8 +31,9 @@ import torch  # noqa: E402
 from scipy.optimize import nnls  # noqa: E402
 
 from benchmarks.common import RESULTS, write_results  # noqa: E402
-from s4op_micro import emulator, firmware  # noqa: E402
-from s4op_micro.boards import BOARDS, core_cpi, get_board  # noqa: E402
+from s4op_micro.core.progress import quiet  # noqa: E402
+from s4op_micro.measure import emulator  # noqa: E402  # noqa: E402
+from s4op_micro.core.boards import BOARDS, core_cpi, get_board  # noqa: E402
 from s4op_micro.data import load_dataset  # noqa: E402
 from s4op_micro.models import SequenceClassifier  # noqa: E402
 from s4op_micro.prune import latency  # noqa: E402
@@ -120,10 +121,10 @@ def main():
                 "_features": features(m, board.cpu, base)}
 
     start = time.time()
-    with firmware.quiet_builds(), ThreadPoolExecutor(max_workers=2) as pool:
+    with quiet(), ThreadPoolExecutor(max_workers=2) as pool:
         rows = list(pool.map(measure, jobs))
     notes = [f"measured: emulator instructions per step (QEMU -icount, exact) x the core's CPI "
-             f"({', '.join(f'{c} {core_cpi(c)[0]:g}' for c in cores)}; s4op_micro.boards.CORE_CPI); 2 gunpoint test "
+             f"({', '.join(f'{c} {core_cpi(c)[0]:g}' for c in cores)}; s4op_micro.core.boards.CORE_CPI); 2 gunpoint test "
              "sequences of 150 steps; seed-0 initialized models quantized on gunpoint",
              "width w/H: w operators kept (active) in every layer, the others bypassed (y = u) or removed (y = 0, "
              "the mixer column dropped)",

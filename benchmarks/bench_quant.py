@@ -13,7 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_results  # noqa: E402
 
-from s4op_micro.pipeline import run_command  # noqa: E402
+from s4op_micro.deploy import export, run  # noqa: E402
+from s4op_micro.train import train  # noqa: E402
 from s4op_micro.train import DATASET_DEFAULTS  # noqa: E402
 
 BOARD = "cortex-m7"
@@ -26,16 +27,15 @@ def bench(datasets, limit, digits_limit, work):
     for name in datasets:
         d = Path(work) / name
         start = time.time()
-        run_command(["train", "--dataset", name, "--out", str(d / "train"), "--quiet", "--force"])
+        train(dataset=name, out=d / "train", force=True, progress=False)
         print(f"{name}: trained in {time.time() - start:.0f} s", file=sys.stderr, flush=True)
         n = digits_limit if name == "digits" and digits_limit else limit
         for bits in (8, 16):
             out = d / f"c{bits}"
-            exp = run_command(["export", str(d / "train" / "model.pt"), "--board", BOARD, "--out", str(out),
-                               "--coeff-bits", str(bits), "--formats", "c", "--force", "--dataset", name])
+            exp = export(d / "train" / "model.pt", board=BOARD, out=out, coeff_bits=bits, formats="c", force=True,
+                         dataset=name).report
             start = time.time()
-            res = run_command(["run", str(out), "--emulator", "qemu", "--dataset", name,
-                                *(["--limit", str(n)] if n else [])], ok_codes=(0, 1))
+            res = run(out, target="qemu", dataset=name, limit=n or None)
             sources.add(res.get("cycles_source"))
             rows.append({"dataset": name, "coeff_bits": bits, "n_test": res["n_sequences"],
                          "float": res["float_accuracy"], "int8 ref": res["reference_accuracy"],

@@ -14,7 +14,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -22,10 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write_results  # noqa: E402
 
-from s4op_micro.checkpoint import save_checkpoint  # noqa: E402
+from s4op_micro.models.checkpoint import save_checkpoint  # noqa: E402
 from s4op_micro.data import load_dataset  # noqa: E402
 from s4op_micro.models.classifier import SequenceClassifier  # noqa: E402
-from s4op_micro.pipeline import run_command  # noqa: E402
+from s4op_micro.deploy import export, run  # noqa: E402
 from s4op_micro.train import dataset_record  # noqa: E402
 
 BOARD = "cortex-m7"
@@ -57,8 +56,7 @@ def make_model(path, data_path, H, N, layers, seed=0):
         for i in range(0, len(x), 16):
             m(x[i:i + 16])
     m.eval()
-    args = SimpleNamespace(data=str(data_path), root=None)
-    save_checkpoint(path, m, data.normalization, dataset_record(data, args),
+    save_checkpoint(path, m, data.normalization, dataset_record(data, data_path),
                     {"test_accuracy": 0.0, "note": "untrained (random init, BatchNorm statistics from random data)"})
 
 
@@ -83,10 +81,9 @@ def measure(cfg, work):
     data_path = d / "data.npz"
     make_data(data_path, L)
     make_model(d / "model.pt", data_path, H, N, layers)
-    exp = run_command(["export", str(d / "model.pt"), "--board", BOARD, "--out", str(d / "c"), "--formats", "c",
-                       "--force", "--data", str(data_path), "--calib-samples", str(N_TRAIN), "--test-vectors", "2"])
-    res = run_command(["run", str(d / "c"), "--emulator", "qemu", "--data", str(data_path), "--limit", str(LIMIT)],
-                      ok_codes=(0, 1))
+    exp = export(d / "model.pt", board=BOARD, out=d / "c", formats="c", force=True, data=data_path,
+                 calib_samples=N_TRAIN, test_vectors=2).report
+    res = run(d / "c", target="qemu", data=data_path, limit=LIMIT)
     macs = exp["macs_per_step"]
     rec, conv = macs * L, conv_macs_per_sequence(H, layers, L)
     return {"H": H, "N": N, "layers": layers, "L": L,

@@ -30,12 +30,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import write_results  # noqa: E402
-from s4op_micro.boards import get_board  # noqa: E402
-from s4op_micro.export import IntegerReference, quantize_model  # noqa: E402
-from s4op_micro.export import tflm, tflm_runtime as rt  # noqa: E402
-from s4op_micro.export.cgen import cost_report, measure_sizes, render_c  # noqa: E402
-from s4op_micro.export.hostrun import compile_host  # noqa: E402
-from s4op_micro.export.tflm_graph import Graph  # noqa: E402
+from s4op_micro.core.boards import get_board  # noqa: E402
+from s4op_micro.quant.quantize import quantize_model
+from s4op_micro.quant.reference import IntegerReference  # noqa: E402
+from s4op_micro.codegen import tflm
+from s4op_micro.measure import tflm_runtime as rt  # noqa: E402
+from s4op_micro.codegen.c import render_c
+from s4op_micro.quant.cost import cost_report
+from s4op_micro.toolchain.build import model_sizes  # noqa: E402
+from s4op_micro.toolchain.hostrun import compile_host  # noqa: E402
+from s4op_micro.codegen.tflm_graph import Graph  # noqa: E402
 from s4op_micro.models import SequenceClassifier  # noqa: E402
 
 CONFIGS = [  # name, model config
@@ -158,7 +162,7 @@ def main():
             t_insn, t_scores = tflm_per_step(model_bytes, size, xs, work)
             t_all, _ = tflm_per_step(model_bytes, size, xs, work, toggle=None)
             assert (c_scores == want[:N_C]).all() and (t_scores == want[:N_TFLM]).all(), "outputs differ"
-            sizes = measure_sizes(work / "c", board) or cost_report(q)
+            sizes = model_sizes(work / "c", board) or cost_report(q)
             ours_mem = sizes["flash_bytes"] + sizes["ram_bytes"]
             tflm_mem = len(model_bytes) + size
             dispatch = per_invoke + per_op * (info["n_operators"] - 1)

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_results  # noqa: E402
 
-from s4op_micro.pipeline import run_command  # noqa: E402
+from s4op_micro.train import train  # noqa: E402
 from s4op_micro.train import defaults_for  # noqa: E402
 
 TARGETS = {"gunpoint": 0.95, "arrowhead": 0.80, "basicmotions": 0.95, "digits": 0.95}
@@ -38,7 +38,7 @@ def run(datasets, seeds):
             accs, secs = [], []
             for seed in seeds:
                 out = Path(tmp) / f"{name}-{seed}"
-                r = run_command(["train", "--dataset", name, "--out", str(out), "--seed", str(seed), "--quiet"])
+                r = train(dataset=name, out=out, seed=seed, progress=False).to_dict()
                 accs.append(r["accuracy"])
                 secs.append(r["train_seconds"])
                 print(f"{name} seed {seed}: {r['accuracy']:.4f}", file=sys.stderr)

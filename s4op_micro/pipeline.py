@@ -1,93 +1,204 @@
-"""`s4op-micro pipeline`: the main job, every stage in order, resumable.
+"""`pipeline(...)`: the main job, every stage in order, resumable.
 
     train -> prune (s4op, then guided) -> export (C + TFLM) -> build -> emulate (QEMU) -> tflm
 
-Each stage runs the same code as its own subcommand (in-process, with --json) and writes into
-RUN/<stage>/; its JSON result is recorded in RUN/stages.json. A recorded stage is not redone unless
-named in --redo, which also redoes every stage after it. Two models go through export and the
-firmware stages: the trained one (`base`) and the pruned one the job keeps (`pruned`: the most
-pruned guided model within --max-drop accuracy points of the base on the test set). The results
-table is printed at the end and saved as RUN/results.md and RUN/results.json, the plots as
+Each stage calls the same typed function as its own subcommand and writes into RUN/<stage>/; its
+result is recorded in RUN/stages.json with a key made of every input that produced it (its
+options, the data file's content, the checkpoint it read, the s4op-micro version, and the key of
+the stage before it). A recorded stage whose key still matches is not redone; a changed input
+redoes that stage and every later one, and says so. Two models go through export and the firmware
+stages: the trained one (`base`) and the pruned one the job keeps (`pruned`: the cheapest guided
+model within max_drop accuracy points of the base on the validation split; the base itself when
+none is). The results table is saved as RUN/results.md and RUN/results.json, the plots as
 RUN/prune/pareto.png and RUN/layers.png.
 """
 
-import contextlib
-import io
+import hashlib
 import json
-import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from . import __version__, deploy
+from .core.boards import get_board
+from .core.checks import emulated_board
+from .core.errors import UserError
+from .core.outdir import MARKER, check_output_path
+from .core.progress import log
+from .data import load_dataset
+from .prune.api import PruneOptions, parse_rates, prune
+from .toolchain.build import build
+from .train import train
 
 STAGES = ["train", "prune-s4op", "prune-guided", "export", "build", "emulate", "tflm"]
 MODELS = ("base", "pruned")
 
 
-def run_command(argv, ok_codes=(0,)):
-    """Run one subcommand in-process with --json; return its parsed result (or raise its error).
-    ok_codes: exit codes whose result is still wanted (e.g. 1 from `run` when scores mismatch)."""
-    from .cli import build_parser, limit_torch_threads
-
-    limit_torch_threads()
-    args = build_parser().parse_args([*argv, "--json"])
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = args.func(args)
-    if code not in ok_codes:
-        raise UserError(f"stage command `s4op-micro {' '.join(argv)}` failed with exit code {code}")
-    lines = [line for line in buf.getvalue().splitlines() if line.startswith("{")]
-    return json.loads(lines[-1]) if lines else {}
-
-
-def choose_pruned(run, base_accuracy, max_drop):
-    """The most pruned guided model within max_drop points of the base (else the most accurate)."""
-    models = json.loads((run / "prune" / "pareto.json").read_text())["models"]
-    guided = [m for m in models if m["strategy"] == "guided"] or models
-    within = [m for m in guided if 100 * (base_accuracy - m["accuracy"]) <= max_drop]
-    pick = max(within, key=lambda m: m["rate"]) if within else max(guided, key=lambda m: m["accuracy"])
-    return pick, bool(within)
+@dataclass
+class PipelineOptions:
+    dataset: str = None
+    data: str = None
+    board: str = "cortex-m7"
+    epochs: int = None             # training epochs (None: the dataset's default)
+    rates: str = "0.5,0.7"
+    seeds: int = 2
+    finetune_epochs: int = 3
+    max_drop: float = 1.0
+    limit: int = None              # test sequences for the firmware and TFLM stages (None: all)
+    seed: int = 0
+    redo: list = field(default_factory=list)
 
 
-def stage_commands(stage, args, run, results):
-    """The subcommands (argv lists) one stage runs, keyed by what they are for."""
-    data = ["--dataset", args.dataset] if args.dataset else ["--data", args.data]
-    base = str(run / "train" / "model.pt")
-    board = ["--board", args.board]
+def validate(o, run):
+    """Every input of every stage, checked before stage one (nothing is written on a refusal)."""
+    if (o.dataset is None) == (o.data is None):
+        raise UserError("pass exactly one of --dataset NAME or --data FILE.npz")
+    emulated_board(get_board(o.board), "run the pipeline's firmware stages")
+    parse_rates(o.rates)
+    for name, value, low in (("epochs", o.epochs, 1), ("seeds", o.seeds, 1), ("finetune-epochs", o.finetune_epochs, 1),
+                             ("limit", o.limit, 1)):
+        if value is not None and value < low:
+            raise UserError(f"--{name} must be at least {low}, not {value}")
+    if not o.max_drop >= 0:
+        raise UserError(f"--max-drop is the accuracy points the pruned model may lose: 0 or more, not {o.max_drop}")
+    unknown = [s for s in o.redo if s not in STAGES]
+    if unknown:
+        raise UserError(f"--redo {unknown[0]!r} is not a stage; stages: {', '.join(STAGES)}")
+    if run.exists() and not (run / "stages.json").is_file() and any(run.iterdir()):
+        raise UserError(f"{run} holds files that are not a pipeline run (no stages.json); pass another --out")
+    if not run.exists():
+        check_output_path(run)
+    load_dataset(name=o.dataset, data=o.data)   # an unknown name or a broken file fails here
+
+
+def _file_hash(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def stage_inputs(stage, o, run, previous_key):
+    """What a stage's result depends on (shown when it changes)."""
+    common = {"version": __version__, "after": previous_key}
     if stage == "train":
-        return {"base": ["train", *data, "--out", str(run / "train"), "--force", "--seed", str(args.seed),
-                         *(["--epochs", str(args.epochs)] if args.epochs else [])]}
+        data = {"dataset": o.dataset} if o.dataset else {"data": str(o.data), "data_sha256": _file_hash(o.data)}
+        return {**common, **data, "epochs": o.epochs, "seed": o.seed}
+    if stage.startswith("prune-"):
+        return {**common, "rates": o.rates, "seeds": o.seeds, "finetune_epochs": o.finetune_epochs, "seed": o.seed,
+                "board": o.board, "checkpoint_sha256": _file_hash(run / "train" / "model.pt")}
+    if stage == "export":
+        return {**common, "board": o.board, "max_drop": o.max_drop}
+    if stage == "build":
+        return {**common, "board": o.board}
+    return {**common, "limit": o.limit}
+
+
+def _key(inputs):
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def choose_pruned(run, base, max_drop):
+    """The cheapest guided model whose validation accuracy is within max_drop points of the base's
+    (test accuracy decides nothing: it is what we report). None when no pruned model qualifies."""
+    models = json.loads((run / "prune" / "pareto.json").read_text())["models"]
+    guided = [m for m in models if m["strategy"] == "guided"]
+    base_val = next((m["val_accuracy"] for m in models if m["strategy"] == "unpruned"), None)
+    within = [m for m in guided if base_val is not None and 100 * (base_val - m["val_accuracy"]) <= max_drop + 1e-9]
+    return min(within, key=lambda m: (m["cycles_per_step"], -m["val_accuracy"])) if within else None
+
+
+def run_stage(stage, o, run, results):
+    data = {"dataset": o.dataset, "data": o.data}
+    base = run / "train" / "model.pt"
+    exports = {"base": run / "export" / "base", "pruned": run / "export" / "pruned"}
+    if stage == "train":
+        return {"base": train(out=run / "train", epochs=o.epochs, seed=o.seed, force=True, **data).to_dict()}
     if stage.startswith("prune-"):
         strategy = stage.split("-", 1)[1]
-        budget = ["--rates", args.rates, "--seeds", str(args.seeds), "--finetune-epochs", str(args.finetune_epochs)]
-        return {strategy: ["prune", base, *data, "--out", str(run / "prune"), "--strategy", strategy, *budget,
-                           *board, "--seed", str(args.seed)]}
-    paths = {"base": run / "export" / "base", "pruned": run / "export" / "pruned"}
+        options = PruneOptions(strategy=strategy, rates=o.rates, seeds=o.seeds, finetune_epochs=o.finetune_epochs,
+                               board=o.board, seed=o.seed, data_source={k: v for k, v in data.items() if v})
+        return {strategy: prune(base, run / "prune", options).to_dict()}
     if stage == "export":
-        pruned = results["export"]["chosen"]["path"]
-        return {name: ["export", model, *board, "--out", str(paths[name]), "--formats", "c,tflm", "--force", *data]
-                for name, model in (("base", base), ("pruned", pruned))}
+        pick = choose_pruned(run, results["train"]["base"], o.max_drop)
+        if pick is None:
+            log("pipeline", f"no pruned model is within --max-drop {o.max_drop:g} points of the base: "
+                "deploying the base model as `pruned` too")
+        chosen = ({**pick, "within_budget": True} if pick else
+                  {"strategy": "none", "rate": 0.0, "path": str(base), "within_budget": False})
+        out = {"chosen": chosen}
+        for name, model in (("base", base), ("pruned", chosen["path"])):
+            out[name] = deploy.export(model, board=o.board, out=exports[name], formats="c,tflm", force=True,
+                                      **data).to_dict()
+        return out
     if stage == "build":
-        return {m: ["build", str(paths[m]), *board] for m in MODELS}
-    if stage == "emulate":
-        return {m: ["run", str(paths[m]), "--emulator", "qemu", *data, *limit(args)] for m in MODELS}
-    if stage == "tflm":
-        return {m: ["run", str(paths[m]), "--runtime", "tflm", *data, *limit(args)] for m in MODELS}
-    raise AssertionError(stage)
+        board = get_board(o.board)
+        return {m: dict(build(exports[m], board).to_dict(), board_flash_bytes=board.flash_bytes,
+                        board_ram_bytes=board.ram_bytes) for m in MODELS}
+    target = {"emulate": "qemu", "tflm": "tflm"}[stage]
+    out = {}
+    for m in MODELS:
+        res = deploy.run(exports[m], target=target, board=o.board if target == "qemu" else None, limit=o.limit, **data)
+        if res["mismatches"]:
+            raise UserError(f"the {m} model's {target} run differs from the integer reference on {res['mismatches']} "
+                            f"sequences; run `s4op-micro run {exports[m]} ...` to see the first one")
+        out[m] = res
+    return out
 
 
-def limit(args):
-    return ["--limit", str(args.limit)] if args.limit else []
+def pipeline(*, out, options=None) -> dict:
+    """Run (or resume) the main job into the directory `out`; returns {"rows", "table", "stages"}."""
+    o = options or PipelineOptions()
+    run = Path(out)
+    validate(o, run)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / MARKER).write_text("made by s4op-micro pipeline\n")
+    record_path = run / "stages.json"
+    record = _read_record(record_path)
+    results, keys = record.setdefault("results", {}), record.setdefault("keys", {})
+    redo_from = min((STAGES.index(s) for s in o.redo), default=len(STAGES))
+    previous_key = None
+    for i, stage in enumerate(STAGES):
+        inputs = stage_inputs(stage, o, run, previous_key)
+        key = _key(inputs)
+        tag = f"{i + 1}/{len(STAGES)} {stage}"
+        old = keys.get(stage)
+        if stage in results and i < redo_from and old and old["key"] == key:
+            log(tag, f"done before, same inputs (--redo {stage} redoes it)")
+        else:
+            if stage in results and old and old["key"] != key:
+                changed = sorted(k for k in inputs if old["inputs"].get(k) != inputs[k] and k != "after")
+                log(tag, "inputs changed (" + (", ".join(f"{k}: {old['inputs'].get(k)} -> {inputs[k]}" for k in changed)
+                                               or "an earlier stage was redone") + "): redoing it")
+                redo_from = min(redo_from, i)
+            else:
+                log(tag, "running")
+            start = time.time()
+            results.pop(stage, None)
+            results[stage] = run_stage(stage, o, run, results)
+            results[stage]["seconds"] = round(time.time() - start, 1)
+            keys[stage] = {"key": key, "inputs": inputs}
+            record_path.write_text(json.dumps(record, indent=1))
+        previous_key = key
+    rows = results_rows(results)
+    table = results_table(results, o.board)
+    (run / "results.md").write_text(table + "\n")
+    (run / "results.json").write_text(json.dumps({"rows": rows, "stages": results}, indent=1))
+    plot_layers(results, run / "layers.png")
+    return {"run": str(run), "rows": rows, "chosen": results["export"]["chosen"], "table": table}
 
 
-def run_stage(stage, args, run, results):
-    if stage == "export":  # pick the pruned model first: the export stage records the choice
-        pick, within = choose_pruned(run, results["train"]["base"]["accuracy"], args.max_drop)
-        results["export"] = {"chosen": {**pick, "within_budget": within}}
-    out = results.setdefault(stage, {})
-    for name, argv in stage_commands(stage, args, run, results).items():
-        print(f"    s4op-micro {' '.join(argv)}", file=sys.stderr)
-        out[name] = run_command(argv)
+def _read_record(path):
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"{path} is corrupt (not JSON); delete it to start the run over, or pass another --out") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path} is not a pipeline record; delete it or pass another --out")
+    return record
 
 
 def results_rows(results):
@@ -101,7 +212,8 @@ def results_rows(results):
             "model": m, "float": emu["float_accuracy"], "int8 ref": emu["reference_accuracy"],
             "firmware": emu["accuracy"], "tflm": tflm.get("accuracy"), "mismatches": emu["mismatches"],
             "tflm max LSB": tflm.get("max_lsb_diff"),
-            "operators": kept, "flash_bytes": exp.get("flash_bytes"), "ram_bytes": exp.get("ram_bytes"),
+            "operators": kept, "model flash B": exp.get("flash_bytes"), "model RAM B": exp.get("ram_bytes"),
+            "firmware flash B": results["build"][m]["flash_bytes"], "firmware RAM B": results["build"][m]["ram_bytes"],
             "instructions/step": emu["instructions_per_step"], "cycles/step": emu["cycles_per_step"],
             "cycles_source": emu["cycles_source"],
         })
@@ -110,8 +222,8 @@ def results_rows(results):
 
 def results_table(results, board):
     rows = results_rows(results)
-    cols = ["model", "float", "int8 ref", "firmware", "tflm", "mismatches", "tflm max LSB", "operators", "flash_bytes",
-            "ram_bytes", "instructions/step", "cycles/step"]
+    cols = ["model", "float", "int8 ref", "firmware", "tflm", "mismatches", "tflm max LSB", "operators",
+            "model flash B", "model RAM B", "firmware flash B", "firmware RAM B", "instructions/step", "cycles/step"]
 
     def fmt(v):
         if isinstance(v, float):
@@ -122,14 +234,17 @@ def results_table(results, board):
     lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
     chosen = results["export"]["chosen"]
     base, pruned = rows
+    what = (f"{chosen['strategy']} at {chosen['rate']:.0%} of operators, the cheapest within the accuracy budget"
+            if chosen["within_budget"] else "none met the accuracy budget: the base model is deployed")
     lines += [
         "",
         f"board {board}; accuracies are test-set fractions (float = PyTorch, int8 ref = numpy integer reference, "
         f"firmware = QEMU, tflm = TFLM runtime); mismatches: test sequences whose firmware scores differ from "
         f"the integer reference; tflm max LSB: largest TFLM score difference from it.",
-        f"pruned model: {chosen['strategy']} at {chosen['rate']:.0%} of operators "
-        + ("(the most pruned within the accuracy budget)" if chosen["within_budget"] else "(none met the budget: the most accurate)")
-        + f"; {base['instructions/step'] / pruned['instructions/step']:.2f}x fewer instructions per step than the base.",
+        "model flash/RAM: the model's own code and data (s4op_model.c + s4op_weights.c, -Os); firmware flash/RAM: "
+        "the whole benchmark image (model, harness, start-up code, libc, stack), without the test vectors.",
+        f"pruned model: {what}; {base['instructions/step'] / pruned['instructions/step']:.2f}x fewer instructions "
+        "per step than the base.",
         f"cycles: {base['cycles_source']}.",
     ]
     return "\n".join(lines)
@@ -144,63 +259,17 @@ def plot_layers(results, path):
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     width = 0.4
+    n_layers = 0
     for k, m in enumerate(MODELS):
         layers = results["emulate"][m].get("layers", [])
+        n_layers = max(n_layers, len(layers))
         ax.bar([layer["layer"] + (k - 0.5) * width for layer in layers], [layer["instructions_per_step"] for layer in layers],
                width, label=m)
+    ax.set_xticks(range(n_layers))
     ax.set_xlabel("layer")
-    ax.set_ylabel("instructions per step (QEMU)")
+    ax.set_ylabel("instructions per step (QEMU, measured)")
     ax.set_title("per-layer cost")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def cmd_pipeline(args):
-    run = Path(args.out)
-    run.mkdir(parents=True, exist_ok=True)
-    record_path = run / "stages.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    inputs = {"dataset": args.dataset, "data": args.data, "board": args.board}
-    if record.get("inputs") not in (None, inputs) and "train" not in args.redo:
-        raise UserError(f"{run} holds a run with other inputs ({record['inputs']}); pass another --out or --redo train")
-    record["inputs"] = inputs
-    redo_from = min((STAGES.index(s) for s in args.redo), default=len(STAGES))
-    results = record.setdefault("results", {})
-    for i, stage in enumerate(STAGES):
-        if stage in results and i < redo_from:
-            print(f"[{i + 1}/{len(STAGES)}] {stage}: done before (--redo {stage} redoes it)", file=sys.stderr)
-            continue
-        print(f"[{i + 1}/{len(STAGES)}] {stage}", file=sys.stderr)
-        start = time.time()
-        results.pop(stage, None)
-        run_stage(stage, args, run, results)
-        results[stage]["seconds"] = round(time.time() - start, 1)
-        record_path.write_text(json.dumps(record, indent=1))
-    table = results_table(results, args.board)
-    (run / "results.md").write_text(table + "\n")
-    (run / "results.json").write_text(json.dumps({"rows": results_rows(results), "stages": results}, indent=1))
-    plot_layers(results, run / "layers.png")
-    print(json.dumps(results_rows(results)) if args.json else table)
-    return 0
-
-
-def register(sub):
-    p = sub.add_parser("pipeline", help="the main job end to end, resumable",
-                       description="Run " + " -> ".join(STAGES) + "; finished stages are not redone unless named in --redo.")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--dataset")
-    g.add_argument("--data")
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--board", default="cortex-m7", help="target board or core (default cortex-m7)")
-    p.add_argument("--redo", nargs="*", default=[], choices=STAGES, help="redo these stages (and those after them)")
-    p.add_argument("--epochs", type=int, help="training epochs (default: per dataset)")
-    p.add_argument("--rates", default="0.5,0.7", help="pruning rates of both strategies (reduced budget by default)")
-    p.add_argument("--seeds", type=int, default=2, help="pruning candidates per rate")
-    p.add_argument("--finetune-epochs", type=int, default=3)
-    p.add_argument("--max-drop", type=float, default=1.0, help="accuracy points the kept pruned model may lose")
-    p.add_argument("--limit", type=int, help="test sequences for the firmware and TFLM stages (default: all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_pipeline)

@@ -1,4 +1,5 @@
-"""Training and evaluation: `s4op-micro train`, `eval`, `info`.
+"""Training and evaluation: `train(...) -> TrainResult` (what `s4op-micro train` runs), `fit`,
+`evaluate`, and the dataset that belongs to a checkpoint (`load_data_for`).
 
 AdamW with the SSM parameters in their own group (lower lr, no weight decay, as s4d.py), a cosine
 schedule, best-on-validation checkpointing, and determinism for a fixed seed on CPU. `fit` is
@@ -8,19 +9,19 @@ fine-tuning (a callable (model, x) -> logits that runs the fake-quantized model)
 
 import copy
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from .checkpoint import load_model, save_checkpoint
+from .core.errors import UserError
+from .core.outdir import atomic_output_dir
+from .core.progress import bar as progress_bar
 from .data import load_dataset
-from .errors import UserError
 from .models import SequenceClassifier
-from .models.layer import KERNELS
-from .outdir import atomic_output_dir
+from .models.checkpoint import load_model, save_checkpoint
 
 VAL_FRACTION = 0.2  # of the training sequences, carved off for checkpoint selection
 
@@ -131,7 +132,7 @@ def fit(model, data, epochs, lr, batch_size=32, weight_decay=0.01, seed=0, patie
     best = (-1.0, float("inf"))
     best_state, best_epoch, since_best, epoch = copy.deepcopy(model.state_dict()), 0, 0, 0
     start = time.time()
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(range(epochs), desc, enabled=progress)
     for epoch in bar:
         model.train()
         for xb, yb in batches(x, y, batch_size, gen):
@@ -168,38 +169,6 @@ def fit(model, data, epochs, lr, batch_size=32, weight_decay=0.01, seed=0, patie
             "epochs_run": epoch + 1, "seconds": time.time() - start}
 
 
-# --- dataset <-> checkpoint -------------------------------------------------------------------
-
-def dataset_record(data, args):
-    """What a checkpoint keeps about its dataset: how to reload it and its shape facts."""
-    return {
-        "name": None if getattr(args, "data", None) else data.name,
-        "data": str(Path(args.data).resolve()) if getattr(args, "data", None) else None,
-        "root": getattr(args, "root", None),
-        "n_channels": data.n_channels, "seq_len": data.seq_len, "n_classes": data.n_classes,
-        "vocab_size": data.vocab_size, "class_names": list(data.class_names), "source": data.source,
-    }
-
-
-def load_data_for(ckpt, args):
-    """The dataset named on the command line, else the checkpoint's; checked against the model and
-    put through the checkpoint's normalization. Always with the default validation split: pruning
-    and fine-tuning select on it (if the model trained with --val-fraction 0, it has seen those)."""
-    rec = ckpt["dataset"]
-    name, path = getattr(args, "dataset", None), getattr(args, "data", None)
-    if not name and not path:
-        name, path = rec.get("name"), rec.get("data")
-    data = load_dataset(name=name, data=path, root=getattr(args, "root", None) or rec.get("root"),
-                        max_train=getattr(args, "max_train", None))
-    cfg = ckpt["config"]
-    if not cfg.get("vocab_size") and data.n_channels != cfg["d_input"]:
-        raise UserError(f"data has {data.n_channels} input channels but the model expects {cfg['d_input']}; pass the dataset it was trained on")
-    if data.n_classes > cfg["n_classes"]:
-        raise UserError(f"data has {data.n_classes} classes but the model has {cfg['n_classes']}; pass the dataset it was trained on")
-    renormalize(data, data.normalization, ckpt["normalization"])
-    return data
-
-
 def renormalize(data, current, wanted):
     """Re-express normalized inputs under another (the checkpoint's) normalization, in place."""
     if not current or not wanted or current == wanted:
@@ -211,120 +180,106 @@ def renormalize(data, current, wanted):
         setattr(data, split, (((x * s0 + m0) - m1) / s1).astype(np.float32))
 
 
-# --- commands ---------------------------------------------------------------------------------
+# --- dataset <-> checkpoint -------------------------------------------------------------------
 
-def add_data_args(p, required=True):
-    g = p.add_mutually_exclusive_group(required=required)
-    g.add_argument("--dataset", help="a shipped dataset (see `s4op-micro datasets`)")
-    g.add_argument("--data", help="your own .npz with x_train, y_train, x_test, y_test")
-    p.add_argument("--root", help="directory with the standard files of smnist / listops")
-    p.add_argument("--max-train", type=int, help="use at most this many training sequences")
+def dataset_record(data, data_path=None, root=None):
+    """What a checkpoint keeps about its dataset: how to reload it and its shape facts."""
+    return {
+        "name": None if data_path else data.name,
+        "data": str(Path(data_path).resolve()) if data_path else None,
+        "root": root,
+        "n_channels": data.n_channels, "seq_len": data.seq_len, "n_classes": data.n_classes,
+        "vocab_size": data.vocab_size, "class_names": list(data.class_names), "source": data.source,
+    }
 
 
-def cmd_train(args):
-    from .cli import emit
+def load_data_for(ckpt, dataset=None, data=None, root=None, max_train=None):
+    """The dataset named (dataset= a shipped name, data= a .npz), else the checkpoint's; checked
+    against the model and put through the checkpoint's normalization. Always with the default
+    validation split: pruning and fine-tuning select on it (if the model trained with
+    --val-fraction 0, it has seen those)."""
+    rec = ckpt["dataset"]
+    if not dataset and not data:
+        dataset, data = rec.get("name"), rec.get("data")
+    loaded = load_dataset(name=dataset, data=data, root=root or rec.get("root"), max_train=max_train)
+    cfg = ckpt["config"]
+    if not cfg.get("vocab_size") and loaded.n_channels != cfg["d_input"]:
+        raise UserError(f"data has {loaded.n_channels} input channels but the model expects {cfg['d_input']}; "
+                        "pass the dataset it was trained on")
+    if loaded.n_classes > cfg["n_classes"]:
+        raise UserError(f"data has {loaded.n_classes} classes but the model has {cfg['n_classes']}; "
+                        "pass the dataset it was trained on")
+    renormalize(loaded, loaded.normalization, ckpt["normalization"])
+    return loaded
 
-    hp = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in defaults_for(args.dataset).items()}
-    augment_with = parse_augment(hp["augment"])
-    hp["augment"] = ",".join(augment_with)
-    data = load_dataset(name=args.dataset, data=args.data, root=args.root, max_train=args.max_train, seed=args.seed,
-                        val_fraction=hp["val_fraction"])
-    set_seed(args.seed)
-    model = SequenceClassifier(
-        data.n_channels, data.n_classes, d_model=hp["d_model"], d_state=hp["d_state"], n_layers=hp["n_layers"],
-        ssm=args.ssm, norm=args.norm, prenorm=args.prenorm, dropout=args.dropout, init=args.init,
-        disc=args.disc or ("bilinear" if args.ssm == "s4" else "zoh"), vocab_size=data.vocab_size,
-    )
-    with atomic_output_dir(args.out, force=args.force) as tmp:
-        history = fit(model, data, hp["epochs"], hp["lr"], hp["batch_size"], seed=args.seed,
-                      progress=not args.quiet, desc=f"train {data.name}", augment_with=augment_with)
-        test = evaluate(model, data.x_test, data.y_test)
-        metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "val_accuracy": history["val_accuracy"],
-                   "train_seconds": history["seconds"], "best_epoch": history["best_epoch"], "hyperparameters": hp,
-                   "seed": args.seed}
-        save_checkpoint(tmp / "model.pt", model, data.normalization, dataset_record(data, args), metrics)
-    result = {"model": str(Path(args.out) / "model.pt"), "dataset": data.name, "accuracy": test["accuracy"],
-              "val_accuracy": history["val_accuracy"], "params": n_params(model), "train_seconds": history["seconds"]}
-    emit(args, result, lambda r: (
-        f"trained {r['dataset']}: test accuracy {r['accuracy']:.4f} "
-        + (f"(val {r['val_accuracy']:.4f}), " if r["val_accuracy"] is not None else "(no validation split, last epoch), ")
-        + f"{r['params']} parameters, {r['train_seconds']:.1f} s -> {r['model']}"))
-    return 0
+
+# --- the stage --------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    model: str                 # path of the checkpoint written (DIR/model.pt)
+    dataset: str
+    accuracy: float            # test accuracy
+    val_accuracy: float        # None without a validation split (last epoch kept)
+    params: int
+    train_seconds: float
+    hyperparameters: dict
+
+    def to_dict(self):
+        return asdict(self)
 
 
 def n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def cmd_eval(args):
-    from .cli import emit
+def train(*, out, dataset=None, data=None, root=None, max_train=None, epochs=None, d_model=None, d_state=None,
+          n_layers=None, lr=None, batch_size=None, val_fraction=None, augment=None, ssm="s4d", norm="batch",
+          prenorm=False, dropout=0.0, init="lin", disc=None, seed=0, force=False, progress=True) -> TrainResult:
+    """Train an S4D/S4 classifier on a shipped dataset (dataset=) or a .npz (data=) and write
+    OUT/model.pt. Hyperparameters left None take the dataset's defaults (defaults_for)."""
+    given = dict(epochs=epochs, d_model=d_model, d_state=d_state, n_layers=n_layers, lr=lr, batch_size=batch_size,
+                 val_fraction=val_fraction, augment=augment)
+    hp = {k: (given[k] if given.get(k) is not None else v) for k, v in defaults_for(dataset).items()}
+    augment_with = parse_augment(hp["augment"])
+    hp["augment"] = ",".join(augment_with)
+    loaded = load_dataset(name=dataset, data=data, root=root, max_train=max_train, seed=seed,
+                          val_fraction=hp["val_fraction"])
+    set_seed(seed)
+    model = SequenceClassifier(
+        loaded.n_channels, loaded.n_classes, d_model=hp["d_model"], d_state=hp["d_state"], n_layers=hp["n_layers"],
+        ssm=ssm, norm=norm, prenorm=prenorm, dropout=dropout, init=init,
+        disc=disc or ("bilinear" if ssm == "s4" else "zoh"), vocab_size=loaded.vocab_size,
+    )
+    with atomic_output_dir(out, force=force) as tmp:
+        history = fit(model, loaded, hp["epochs"], hp["lr"], hp["batch_size"], seed=seed,
+                      progress=progress, desc=f"train {loaded.name}", augment_with=augment_with)
+        test = evaluate(model, loaded.x_test, loaded.y_test)
+        metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "val_accuracy": history["val_accuracy"],
+                   "train_seconds": history["seconds"], "best_epoch": history["best_epoch"], "hyperparameters": hp,
+                   "seed": seed}
+        save_checkpoint(tmp / "model.pt", model, loaded.normalization, dataset_record(loaded, data, root), metrics)
+    return TrainResult(model=str(Path(out) / "model.pt"), dataset=loaded.name, accuracy=test["accuracy"],
+                       val_accuracy=history["val_accuracy"], params=n_params(model), train_seconds=history["seconds"],
+                       hyperparameters=hp)
 
-    model, ckpt = load_model(args.model)
-    data = load_data_for(ckpt, args)
-    res = evaluate(model, data.x_test, data.y_test)
+
+def evaluate_checkpoint(model, *, dataset=None, data=None, root=None, max_train=None):
+    """Test accuracy, loss and per-class counts of the checkpoint `model` on its dataset (or another)."""
+    float_model, ckpt = load_model(model)
+    loaded = load_data_for(ckpt, dataset=dataset, data=data, root=root, max_train=max_train)
+    res = evaluate(float_model, loaded.x_test, loaded.y_test)
     res.pop("predictions")
-    res["dataset"] = data.name
-    emit(args, res, lambda r: (
-        f"{r['dataset']}: test accuracy {r['accuracy']:.4f} ({r['n']} sequences), loss {r['loss']:.4f}\n"
-        + "per class [correct/total]: " + ", ".join(f"{c}/{t}" for c, t in r["per_class"])))
-    return 0
+    res["dataset"] = loaded.name
+    return res
 
 
-def cmd_info(args):
-    from .cli import emit
-
-    model, ckpt = load_model(args.model)
-    H = model.config["d_model"]
-    result = {
-        "config": model.config, "params": n_params(model), "dataset": ckpt["dataset"], "metrics": ckpt["metrics"],
-        "active_operators": model.active_operators, "removed_operators": model.removed_operators,
-        "operators_kept": [len(a) for a in model.active_operators], "operators_total": H * len(model.layers),
-        "pruning": ckpt.get("pruning"),
-    }
-
-    def human(r):
-        lines = [f"model {args.model}: {r['config']['ssm']} x{r['config']['n_layers']}, H={H}, N={r['config']['d_state']}, "
-                 f"{r['params']} parameters, dataset {r['dataset'].get('name') or r['dataset'].get('data')}"]
-        for i, (act, rem) in enumerate(zip(r["active_operators"], r["removed_operators"])):
-            lines.append(f"  layer {i}: {len(act)}/{H} operators active, {len(rem)} removed, {H - len(act) - len(rem)} bypassed"
-                         + (f"  active={act}" if len(act) < H else ""))
-        acc = r["metrics"].get("test_accuracy")
-        if acc is not None:
-            lines.append(f"  test accuracy {acc:.4f}")
-        return "\n".join(lines)
-
-    emit(args, result, human)
-    return 0
-
-
-def register(sub):
-    p = sub.add_parser("train", help="train an S4D/S4 classifier", description="Train an S4D/S4 sequence classifier; writes DIR/model.pt.")
-    add_data_args(p)
-    p.add_argument("--out", required=True, help="output directory (gets model.pt)")
-    p.add_argument("--force", action="store_true", help="replace an existing output directory")
-    for name, typ in [("epochs", int), ("d-model", int), ("d-state", int), ("n-layers", int), ("lr", float), ("batch-size", int)]:
-        p.add_argument(f"--{name}", type=typ, help="default: per dataset")
-    p.add_argument("--val-fraction", type=float, help=f"training sequences held out to pick the best epoch (default "
-                   f"{VAL_FRACTION}, per dataset); 0: train on all of them and keep the last epoch")
-    p.add_argument("--augment", help=f"comma list of {', '.join(AUGMENTATIONS)}, or none (default: per dataset)")
-    p.add_argument("--ssm", choices=sorted(KERNELS), default="s4d")
-    p.add_argument("--norm", choices=["batch", "layer"], default="batch")
-    p.add_argument("--prenorm", action="store_true", help="pre-norm blocks (default post-norm)")
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--init", choices=["lin", "inv", "real"], default="lin", help="S4D initialization")
-    p.add_argument("--disc", choices=["zoh", "bilinear"], help="discretization (default zoh for s4d, bilinear for s4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("eval", help="test accuracy of a checkpoint")
-    p.add_argument("model", help="checkpoint (model.pt)")
-    add_data_args(p, required=False)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("info", help="configuration, parameters and active operators of a checkpoint")
-    p.add_argument("model")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_info)
+def checkpoint_info(model):
+    """Configuration, parameters, dataset, metrics and operators (active, removed) of a checkpoint."""
+    float_model, ckpt = load_model(model)
+    H = float_model.config["d_model"]
+    return {"config": float_model.config, "params": n_params(float_model), "dataset": ckpt["dataset"],
+            "metrics": ckpt["metrics"], "active_operators": float_model.active_operators,
+            "removed_operators": float_model.removed_operators,
+            "operators_kept": [len(a) for a in float_model.active_operators],
+            "operators_total": H * len(float_model.layers), "pruning": ckpt.get("pruning")}

@@ -13,7 +13,7 @@ from s4op_micro.data.classic import LISTOPS_VOCAB, tokenize
 from s4op_micro.data.core import fit_normalization, split
 from s4op_micro.data.digits import load_digits_seq
 from s4op_micro.data.ucr import load_ucr
-from s4op_micro.errors import UserError
+from s4op_micro.core.errors import UserError
 
 # name: (official n_train, n_test, L, C, classes) - the published UCR/UEA facts; digits has 1797 in all.
 SHIPPED = {

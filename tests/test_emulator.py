@@ -14,12 +14,15 @@ import subprocess
 import numpy as np
 import pytest
 
-from s4op_micro import emulator, firmware
-from s4op_micro.boards import BOARDS, get_board
-from s4op_micro.checkpoint import load_model, save_checkpoint
+from conftest import run_cli_json
+from s4op_micro.measure import emulator
+from s4op_micro.toolchain import qemu, records
+from s4op_micro.toolchain import build as fwbuild
+from s4op_micro.core.boards import BOARDS, get_board
+from s4op_micro.models.checkpoint import load_model, save_checkpoint
 from s4op_micro.cli import main
-from s4op_micro.errors import UserError
-from s4op_micro.export.cgen import export_model
+from s4op_micro.core.errors import UserError
+from s4op_micro.deploy import export
 from s4op_micro.prune import latency
 from s4op_micro.prune.operators import Decision, Lineage, apply
 from s4op_micro.train import load_data_for
@@ -28,15 +31,6 @@ EMULATED = [name for name, b in BOARDS.items() if b.emulated]
 H, LAYERS, LIMIT = 8, 2, 12
 
 
-def cli(capsys, *argv):
-    """Run s4op-micro in-process; (exit code, parsed JSON of stdout or the text, stderr)."""
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    try:
-        return code, json.loads(out.strip().splitlines()[-1]), err
-    except (json.JSONDecodeError, IndexError):
-        return code, out, err
 
 
 @pytest.fixture(scope="session")
@@ -47,8 +41,8 @@ def gp(tmp_path_factory):
                  "--d-state", "8", "--n-layers", str(LAYERS), "--quiet", "--seed", "0"]) == 0
     ckpt_path = root / "train" / "model.pt"
     model, ckpt = load_model(ckpt_path)
-    data = load_data_for(ckpt, argparse.Namespace())
-    export_model(ckpt_path, "cortex-m4", root / "export")
+    data = load_data_for(ckpt)
+    export(ckpt_path, board="cortex-m4", out=root / "export")
     return argparse.Namespace(root=root, ckpt=ckpt_path, model=model, ckpt_dict=ckpt, data=data, export=root / "export")
 
 
@@ -69,8 +63,8 @@ def runs(gp, tmp_path_factory):
 
 
 def reference_scores(gp, n=LIMIT):
-    from s4op_micro.export import IntegerReference
-    from s4op_micro.export.cgen import load_qmodel
+    from s4op_micro.quant.reference import IntegerReference
+    from s4op_micro.quant.qmodel import load_qmodel
 
     ref = IntegerReference(load_qmodel(gp.export))
     return ref.run(ref.quantize_input(gp.data.x_test[:n])).tolist()
@@ -102,27 +96,27 @@ def test_instruction_counts_repeat_exactly(gp, runs):
     """Re-run the firmware that `run` built: the same output, byte for byte (so the same counts)."""
     for name in ("cortex-m3", "cortex-m55"):
         elf = gp.export / "build" / f"run-{name}" / "chunk0" / "plain" / "firmware.elf"
-        a, b = firmware.run_qemu(elf, name), firmware.run_qemu(elf, name)
+        a, b = qemu.run_qemu(elf, name), qemu.run_qemu(elf, name)
         assert a.raw == b.raw
-        assert firmware.summarize(a.lines)["cost_total"] == runs[name][1]["instructions_total"]
+        assert records.summarize(a.lines)["cost_total"] == runs[name][1]["instructions_total"]
 
 
 def test_human_report_and_chunked_images(gp, capsys, monkeypatch):
     # a tiny flash map forces one image per few sequences: same scores, same total
     monkeypatch.setattr(emulator, "HARNESS_MARGIN", get_board("cortex-m55").flash_size - 40 * 1024)
-    code, text, _ = cli(capsys, "run", gp.export, "--emulator", "qemu", "--dataset", "gunpoint", "--limit", 5,
+    code, text, _ = run_cli_json(capsys, "run", gp.export, "--emulator", "qemu", "--dataset", "gunpoint", "--limit", 5,
                         "--board", "cortex-m55")
     assert code == 0
     assert "mismatches vs the integer reference: 0" in text and "instructions/step on cortex-m55" in text
     assert "cycles: emulator instruction count" in text and "layer 1:" in text
     monkeypatch.undo()
-    code, r, _ = cli(capsys, "run", gp.export, "--emulator", "qemu", "--dataset", "gunpoint", "--limit", 5,
+    code, r, _ = run_cli_json(capsys, "run", gp.export, "--emulator", "qemu", "--dataset", "gunpoint", "--limit", 5,
                      "--board", "cortex-m55", "--json")
     assert r["images"] == 1 and r["scores"] == reference_scores(gp, 5)
 
 
 def test_default_board_is_the_exported_one(gp, runs, capsys):
-    code, r, _ = cli(capsys, "run", gp.export, "--emulator", "qemu", "--dataset", "gunpoint", "--limit", LIMIT, "--json")
+    code, r, _ = run_cli_json(capsys, "run", gp.export, "--emulator", "qemu", "--dataset", "gunpoint", "--limit", LIMIT, "--json")
     assert code == 0 and r["board"] == "cortex-m4"
     assert r["instructions_total"] == runs["cortex-m4"][1]["instructions_total"]
 
@@ -152,9 +146,9 @@ def test_pruning_half_the_operators_lowers_the_instruction_count(gp, runs, tmp_p
     assert [len(L.active) for L in pruned.layers] == [keep] * LAYERS
     ck = gp.ckpt_dict
     save_checkpoint(tmp_path / "pruned.pt", pruned, ck["normalization"], ck["dataset"], ck["metrics"])
-    export_model(tmp_path / "pruned.pt", "cortex-m4", tmp_path / "export")
+    export(tmp_path / "pruned.pt", board="cortex-m4", out=tmp_path / "export")
     for name in ("cortex-m3", "cortex-m4"):
-        code, r, _ = cli(capsys, "run", tmp_path / "export", "--emulator", "qemu", "--dataset", "gunpoint",
+        code, r, _ = run_cli_json(capsys, "run", tmp_path / "export", "--emulator", "qemu", "--dataset", "gunpoint",
                          "--limit", 4, "--board", name, "--json")
         full = runs[name][1]
         assert code == 0 and r["mismatches"] == 0
@@ -177,30 +171,30 @@ def _make(directory, *extra):
 @pytest.mark.parametrize("board", ["cortex-m4", "rp2040-pico"])
 def test_exported_makefile_builds_the_same_firmware(gp, tmp_path, board):
     out = tmp_path / "exp"
-    export_model(gp.ckpt, board, out, test_vectors=3)
+    export(gp.ckpt, board=board, out=out, test_vectors=3)
     for f in ("Makefile", "CMakeLists.txt", "firmware/s4op_startup.c", "firmware/s4op_sections.ld",
               f"firmware/s4op_{board}.ld", "firmware/bench_main.c"):
         assert (out / f).is_file(), f
-    ref = firmware.build(out, board, out_dir=tmp_path / "ref")
+    ref = fwbuild.build(out, board, out_dir=tmp_path / "ref")
     _make(out)
     assert (out / "build" / "make" / "firmware.bin").read_bytes() == ref.bin.read_bytes()
     assert (out / "build" / "make" / "firmware.hex").is_file()
     if get_board(board).emulated:  # and it runs in QEMU with the same output, by `make run` too
-        assert firmware.run_qemu(out / "build" / "make" / "firmware.elf", board).raw == firmware.run_qemu(ref.elf, board).raw
+        assert qemu.run_qemu(out / "build" / "make" / "firmware.elf", board).raw == qemu.run_qemu(ref.elf, board).raw
         run = subprocess.run(["make", "run"], cwd=out, capture_output=True, text=True, timeout=60)
         assert run.returncode == 0 and "S4OP summary n=3" in run.stdout
     # the directory is self-contained: a copy elsewhere builds too, and with the per-layer hooks
     moved = tmp_path / "moved"
     shutil.copytree(out, moved, ignore=shutil.ignore_patterns("build"))
     _make(moved, "DEFINES=S4OP_PROFILE_LAYERS", "BUILD=build/layers")
-    layered = firmware.build(out, board, out_dir=tmp_path / "ref-layers", defines=["S4OP_PROFILE_LAYERS"])
+    layered = fwbuild.build(out, board, out_dir=tmp_path / "ref-layers", defines=["S4OP_PROFILE_LAYERS"])
     assert (moved / "build" / "layers" / "firmware.bin").read_bytes() == layered.bin.read_bytes()
 
 
 def test_exported_cmake_builds_the_same_firmware(gp, tmp_path):
     out = tmp_path / "exp"
-    export_model(gp.ckpt, "cortex-m33", out, test_vectors=2)
-    ref = firmware.build(out, "cortex-m33", out_dir=tmp_path / "ref")
+    export(gp.ckpt, board="cortex-m33", out=out, test_vectors=2)
+    ref = fwbuild.build(out, "cortex-m33", out_dir=tmp_path / "ref")
     for cmd in (["cmake", "-S", ".", "-B", "build/cmake"], ["cmake", "--build", "build/cmake"]):
         res = subprocess.run(cmd, cwd=out, capture_output=True, text=True)
         assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-1500:]
@@ -247,18 +241,19 @@ def test_emulator_oracle_measures_once_per_width(gp, monkeypatch):
     monkeypatch.setattr(emulator, "measure_model", lambda *a, **k: calls.append(1) or real(*a, **k))
     board = get_board("cortex-m7")
     lineage = Lineage.of(gp.model)
-    oracle = latency.make_oracle("emulator", board, lineage, calib_x=gp.data.x_train[:256])
+    oracle = latency.make_oracle("emulator", board, lineage, calib_x=gp.data.x_train[:256],
+                                 measure=emulator.measure_cycles)
     c = oracle.cycles(gp.model, lineage)
     other_channels = apply(gp.model, Decision(bypass={0: [0, 1], 1: [2]}))
     same_widths = apply(gp.model, Decision(bypass={0: [6, 7], 1: [5]}))
     a, b = oracle.cycles(other_channels, lineage), oracle.cycles(same_widths, lineage)
     assert a == b < c and len(calls) == 2   # same widths, other channels: measured once
-    direct = firmware.measure_cycles(gp.model, board, "emulator", calib_x=gp.data.x_train[:256])
+    direct = emulator.measure_cycles(gp.model, board, "emulator", calib_x=gp.data.x_train[:256])
     assert direct["cached"] and direct["cycles_per_step"] == c and "CPI=" in direct["source"]
 
 
 def test_prune_with_the_emulator_oracle_remeasures_kept_models(gp, tmp_path, capsys):
-    code, r, err = cli(capsys, "prune", gp.ckpt, "--out", tmp_path / "pr", "--strategy", "s4op", "--rates", "0.5",
+    code, r, err = run_cli_json(capsys, "prune", gp.ckpt, "--out", tmp_path / "pr", "--strategy", "s4op", "--rates", "0.5",
                        "--seeds", 1, "--finetune-epochs", 1, "--latency", "emulator", "--board", "cortex-m4",
                        "--quiet", "--json")
     assert code == 0, err
@@ -267,7 +262,7 @@ def test_prune_with_the_emulator_oracle_remeasures_kept_models(gp, tmp_path, cap
     assert kept["cycles_per_step"] < base["cycles_per_step"]
     model, _ = load_model(kept["path"])
     emulator._MEASURED.clear()
-    again = firmware.measure_cycles(model, get_board("cortex-m4"), "emulator", calib_x=gp.data.x_train[:256])
+    again = emulator.measure_cycles(model, get_board("cortex-m4"), "emulator", calib_x=gp.data.x_train[:256])
     assert not again["cached"] and kept["cycles_per_step"] == pytest.approx(again["cycles_per_step"], abs=0.1)
 
 
@@ -275,25 +270,25 @@ def test_prune_with_the_emulator_oracle_remeasures_kept_models(gp, tmp_path, cap
 
 
 def test_board_without_qemu_machine_asked_to_emulate(gp, capsys):
-    code, _, err = cli(capsys, "run", gp.export, "--emulator", "qemu", "--dataset", "gunpoint", "--limit", 2,
+    code, _, err = run_cli_json(capsys, "run", gp.export, "--emulator", "qemu", "--dataset", "gunpoint", "--limit", 2,
                        "--board", "nucleo-h743zi")
     assert code == 2 and "nucleo-h743zi has no QEMU machine" in err and "--board cortex-m7" in err
     assert len(err.strip().splitlines()) == 1
-    code, _, err = cli(capsys, "profile", "--lut", "--board", "rp2040-pico", "--model", gp.ckpt, "--out", "/tmp/x.json")
+    code, _, err = run_cli_json(capsys, "profile", "--lut", "--board", "rp2040-pico", "--model", gp.ckpt, "--out", "/tmp/x.json")
     assert code == 2 and "--board cortex-m0plus" in err
 
 
 def test_model_too_big_for_the_board(gp, tmp_path):
     tiny = dataclasses.replace(get_board("cortex-m4"), name="tiny-m4", flash_bytes=2048, ram_bytes=256)
-    with pytest.raises(UserError, match=r"does not fit tiny-m4: needs (about )?\d+ B flash and \d+ B RAM.*, the board "
-                                        r"has 2048 B flash and 256 B RAM"):
-        export_model(gp.ckpt, tiny, tmp_path / "tiny")
+    with pytest.raises(UserError, match=r"the model does not fit tiny-m4: \d+ B flash > 2048 B and \d+ B RAM > 256 B "
+                                        r"\((estimated from its shapes|model sources compiled -Os)\)"):
+        export(gp.ckpt, board=tiny, out=tmp_path / "tiny")
     assert not (tmp_path / "tiny").exists()
     # build: the image without the test vectors is checked against the board's budget
     small = dataclasses.replace(get_board("cortex-m4"), name="small-m4", flash_bytes=4096)
     project = emulator.stage_project(gp.export, tmp_path / "p")
-    with pytest.raises(UserError, match=r"does not fit board small-m4: flash \d+ B \(model \+ harness, without the 100 B "
-                                        r"of test vectors\) > 4096 B"):
+    with pytest.raises(UserError, match=r"the firmware does not fit small-m4: \d+ B flash > 4096 B \(model \+ harness, "
+                                        r"without the 100 B of test vectors\)"):
         emulator.measure_project(project, get_board("cortex-m4"), tmp_path / "b", layers=False, vector_bytes=100,
                                  model_board=small)
 
@@ -302,10 +297,10 @@ def test_missing_toolchain_or_qemu_names_the_apt_package(gp, capsys, monkeypatch
     empty = tmp_path / "empty"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
-    code, _, err = cli(capsys, "run", gp.export, "--emulator", "qemu", "--dataset", "gunpoint", "--limit", 1)
+    code, _, err = run_cli_json(capsys, "run", gp.export, "--emulator", "qemu", "--dataset", "gunpoint", "--limit", 1)
     assert code == 2 and "apt-get install --no-install-recommends gcc-arm-none-eabi libnewlib-arm-none-eabi" in err
     with pytest.raises(UserError, match="apt-get install --no-install-recommends qemu-system-arm"):
-        firmware.run_qemu(tmp_path / "x.elf", "cortex-m4")
+        qemu.run_qemu(tmp_path / "x.elf", "cortex-m4")
 
 
 def test_bad_lut_requests(gp, capsys, tmp_path):
@@ -320,7 +315,7 @@ def test_bad_lut_requests(gp, capsys, tmp_path):
         (["--board", "cortex-m4", "--model", gp.ckpt, "--out", tmp_path / "l.json", "--widths", "4,99"], "between 0 and d_model=8"),
         (["--board", "cortex-m4", "--model", tmp_path / "pruned.pt", "--out", tmp_path / "l.json"], "unpruned model"),
     ]:
-        code, _, err = cli(capsys, "profile", "--lut", *argv)
+        code, _, err = run_cli_json(capsys, "profile", "--lut", *argv)
         assert code == 2 and message in err, (argv, err)
     assert not (tmp_path / "l.json").exists()
 
@@ -328,7 +323,7 @@ def test_bad_lut_requests(gp, capsys, tmp_path):
 def test_board_oracle_without_a_serial_port(gp, monkeypatch):
     monkeypatch.delenv("S4OP_PORT", raising=False)
     with pytest.raises(UserError, match="S4OP_PORT"):
-        firmware.measure_cycles(gp.model, get_board("nucleo-h743zi"), "board")
+        emulator.measure_cycles(gp.model, get_board("nucleo-h743zi"), "board")
 
 
 def test_board_table_states_a_cpi_for_every_core():

@@ -5,7 +5,6 @@ Two small models are trained once per session (about a minute on 2 cores): gunpo
 2 layers, 30 epochs) and digits (same shape, 8 epochs); gunpoint's 8-bit QAT fine-tune (6 epochs,
 ~15 s) is also made once."""
 
-import argparse
 import copy
 import json
 
@@ -13,11 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from s4op_micro.checkpoint import load_model
+from conftest import assert_clean_error, run_cli
+from s4op_micro.models.checkpoint import load_model
 from s4op_micro.cli import main
-from s4op_micro.export import IntegerReference, cost_report, export_model, quantize_model
-from s4op_micro.export.qat import make_qat_forward
-from s4op_micro.errors import UserError
+from s4op_micro.deploy import export
+from s4op_micro.quant.cost import cost_report
+from s4op_micro.quant.quantize import quantize_model
+from s4op_micro.quant.reference import IntegerReference
+from s4op_micro.quant.qat import make_qat_forward
+from s4op_micro.core.errors import UserError
 from s4op_micro.train import evaluate, fit, load_data_for
 
 TRAIN = {
@@ -47,7 +50,7 @@ def trained(tmp_path_factory, single_thread):
 
 def load(path):
     model, ckpt = load_model(path)
-    return model, load_data_for(ckpt, argparse.Namespace())
+    return model, load_data_for(ckpt)
 
 
 def int_accuracy(model, data, bits):
@@ -123,10 +126,6 @@ def test_streaming_scores_follow_the_float_model(trained):
     assert med <= 3 and p99 <= 16
 
 
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("bits", [8, 16])
@@ -186,12 +185,6 @@ def test_sizes_8_vs_16_bit_and_cost_report_from_shapes(trained, tmp_path):
 
 # --- bad input: one line, exit 2, nothing written -------------------------------------------------
 
-def assert_clean_error(capsys, out, *argv, match=""):
-    code, _, err = run_cli(capsys, *argv)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and match in err, err
-    if out is not None:
-        assert not out.exists()
-        assert not list(out.parent.glob(f".{out.name}*"))  # no temporary left behind
 
 
 def test_bad_inputs(trained, tmp_path, capsys):
@@ -238,17 +231,6 @@ def test_bad_inputs(trained, tmp_path, capsys):
             quantize_model(model, bad_x)
 
 
-def test_tflm_format_call_site_without_the_tflm_stage(trained, tmp_path, capsys, monkeypatch):
-    """--formats tflm goes through export.tflm.write_tflm; without that module: a clean error, early."""
-    import sys
-
-    monkeypatch.setitem(sys.modules, "s4op_micro.export.tflm", None)  # import -> ImportError
-    out = tmp_path / "t"
-    assert_clean_error(capsys, out, "export", trained["gunpoint"], "--board", "cortex-m4", "--out", out,
-                       "--formats", "c,tflm", match="not available yet")
-    assert_clean_error(capsys, None, "run", tmp_path, "--runtime", "tflm", match="not available yet")
-
-
 def test_model_too_big_for_the_board(trained, tmp_path, capsys):
     """A wide model (H=256, N=64, 4 layers: ~1 MB of constants) does not fit a Cortex-M0+ (128 KB)."""
     model, _ = load_model(trained["digits"])
@@ -265,6 +247,6 @@ def test_model_too_big_for_the_board(trained, tmp_path, capsys):
 
 
 def test_export_api_returns_report(trained, tmp_path):
-    rep = export_model(trained["digits"], "cortex-m7", tmp_path / "d", calib_samples=64, coeff_bits=8, test_vectors=3)
+    rep = export(trained["digits"], board="cortex-m7", out=tmp_path / "d", calib_samples=64, coeff_bits=8, test_vectors=3).report
     assert rep["board"] == "cortex-m7" and rep["n_eval"] == 360 and rep["saturations"]["state"] == 0
     assert (tmp_path / "d" / "report.json").is_file() and (tmp_path / "d" / "qmodel.npz").is_file()

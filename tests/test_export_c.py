@@ -8,12 +8,15 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from conftest import random_model
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from s4op_micro.export import IntegerReference, quantize_model
-from s4op_micro.export import intmath as im
-from s4op_micro.export.cgen import render_c
-from s4op_micro.export.hostrun import STRICT, compile_host, run_host
+from s4op_micro.quant.quantize import quantize_model
+from s4op_micro.quant.reference import IntegerReference
+from s4op_micro.quant import intmath as im
+from s4op_micro.codegen.c import render_c
+from s4op_micro.codegen.project import STRICT_CFLAGS
+from s4op_micro.toolchain.hostrun import compile_host, run_host
 from s4op_micro.models import SequenceClassifier
 
 # Portable models of the ACLE intrinsics the DSP path uses (ARMv7E-M ARM: SMLAD, SMLADX, SMLSD,
@@ -38,43 +41,9 @@ static inline int32_t __ssat(int32_t x, int bits) {
 """
 
 
-def random_model(draw):
-    H = draw(st.integers(1, 9))
-    n_layers = draw(st.integers(1, 2))
-    ssm = draw(st.sampled_from(["s4d", "s4"]))
-    N = draw(st.sampled_from([2, 4, 6, 8]))
-    C = draw(st.integers(1, 3))
-    K = draw(st.integers(2, 4))
-    prenorm = draw(st.booleans())
-    seed = draw(st.integers(0, 10_000))
-    rng = np.random.default_rng(seed)
-    active, removed = [], []
-    for _ in range(n_layers):
-        role = rng.integers(0, 3 if draw(st.booleans()) else 1, size=H)  # 0 active, 1 bypassed, 2 removed
-        if (role == 2).all():
-            role[0] = 0
-        active.append([c for c in range(H) if role[c] == 0])
-        removed.append([c for c in range(H) if role[c] == 2])
-    torch.manual_seed(seed)
-    m = SequenceClassifier(C, K, d_model=H, d_state=N, n_layers=n_layers, ssm=ssm, prenorm=prenorm,
-                           dt_min=1e-3, dt_max=0.5, active_operators=active, removed_operators=removed)
-    with torch.no_grad():
-        for bn in m.norms:
-            bn.running_mean.uniform_(-1, 1)
-            bn.running_var.uniform_(0.3, 3)
-            bn.weight.uniform_(-2, 2)
-            bn.bias.uniform_(-1, 1)
-        for layer in m.layers:
-            if ssm == "s4d" and len(layer.active) and draw(st.booleans()):
-                layer.kernel.mode_mask[0, 0] = 0               # a pruned mode
-                layer.kernel.log_dt[0] = -7.0                  # a slow channel: |dA| ~ 0.9995
-    m.eval()
-    return m, seed
-
-
 @st.composite
 def cases(draw):
-    m, seed = random_model(draw)
+    m, seed = random_model(draw, st)
     bits = draw(st.sampled_from([8, 16]))
     L = draw(st.sampled_from([1, 2, 7, 23]))
     return m, seed, bits, L
@@ -150,7 +119,7 @@ def test_cross_compiles_clean_for_cortex_m(tmp_path, bits, prenorm):
         for defines in ([], ["-DS4OP_NO_FLOAT", "-DS4OP_DEBUG", "-DS4OP_PROFILE_LAYERS"]):
             for src in ("s4op_model.c", "s4op_weights.c", "s4op_testdata.c"):
                 obj = tmp_path / f"{cpu}_{src}.o"
-                cmd = [gcc, f"-mcpu={cpu}", "-mthumb", *STRICT, "-Os", *defines, "-I", str(tmp_path / "include"),
+                cmd = [gcc, f"-mcpu={cpu}", "-mthumb", *STRICT_CFLAGS, "-Os", *defines, "-I", str(tmp_path / "include"),
                        "-c", str(tmp_path / "src" / src), "-o", str(obj)]
                 res = subprocess.run(cmd, capture_output=True, text=True)
                 assert res.returncode == 0, res.stderr
@@ -184,7 +153,7 @@ def test_requantization_is_tflms_on_every_shift_and_edge_operand(tmp_path):
     render_c(q, tmp_path)
     (tmp_path / "main.c").write_text(MBQM_MAIN)
     exe = tmp_path / "mbqm"
-    subprocess.run([shutil.which("gcc"), *STRICT, "-I", str(tmp_path / "include"), "-I", str(tmp_path / "src"),
+    subprocess.run([shutil.which("gcc"), *STRICT_CFLAGS, "-I", str(tmp_path / "include"), "-I", str(tmp_path / "src"),
                     str(tmp_path / "main.c"), str(tmp_path / "src" / "s4op_weights.c"), "-o", str(exe)], check=True)
     rng = np.random.default_rng(2)
     p2 = np.int64(1) << np.arange(31)

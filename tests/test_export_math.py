@@ -7,10 +7,10 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from s4op_micro.export import intmath as im
-from s4op_micro.export.discretize import discretize, run_float
-from s4op_micro.export.quantize import code16, decode8, encode8, per_mode
-from s4op_micro.export.reference import state_update
+from s4op_micro.quant import intmath as im
+from s4op_micro.quant.discretize import discretize, run_float
+from s4op_micro.quant.quantize import code16, decode8, encode8, per_mode
+from s4op_micro.quant.reference import state_update
 from s4op_micro.models import SequenceClassifier
 
 I32 = st.integers(-(2**31), 2**31 - 1)

@@ -4,7 +4,6 @@ Uses a FAKE model (tests/fixtures/firmware/fake_model.c) that implements the exp
 Python re-implementation below checks the harness end to end on every emulated core.
 """
 
-import argparse
 import dataclasses
 import json
 import os
@@ -17,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from s4op_micro import boards, firmware
-from s4op_micro.boards import BOARDS, get_board
-from s4op_micro.errors import UserError
-from s4op_micro.firmware import FirmwareFault, FirmwareTimeout
+from s4op_micro.cli import build_parser, firmware as cli_firmware
+from s4op_micro.toolchain import board_io, qemu, records
+from s4op_micro.toolchain import build as fwbuild
+from s4op_micro.core.boards import BOARDS, get_board
+from s4op_micro.core.errors import UserError
+from s4op_micro.toolchain.records import FirmwareFault, FirmwareTimeout
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "firmware"
 EMULATED = [name for name, b in BOARDS.items() if b.emulated]
@@ -92,17 +93,13 @@ def faulty(tmp_path_factory):
 
 
 def build_run(project, board, tag="", **kw):
-    res = firmware.build(project, board, out_dir=project / "build" / f"{board}{tag}", **kw)
-    return res, firmware.run_qemu(res.elf, board, timeout=20)
+    res = fwbuild.build(project, board, out_dir=project / "build" / f"{board}{tag}", **kw)
+    return res, qemu.run_qemu(res.elf, board, timeout=20)
 
 
 def cli(argv):
-    """Run one of this module's commands through argparse, as the s4op-micro CLI does."""
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="command")
-    boards.register(sub)
-    firmware.register(sub)
-    args = p.parse_args(argv)
+    """Run a command's function through the s4op-micro parser (errors propagate as exceptions)."""
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 
@@ -161,7 +158,7 @@ def test_unknown_board_lists_the_known_ones(fake):
     with pytest.raises(UserError, match="unknown board 'cortex-m9'.*cortex-m4.*nucleo-h743zi"):
         get_board("cortex-m9")
     with pytest.raises(UserError, match="unknown board"):
-        firmware.build(fake, "cortex-m9")
+        fwbuild.build(fake, "cortex-m9")
 
 
 def test_boards_command_json(capsys):
@@ -180,21 +177,21 @@ def test_fake_model_in_qemu_matches_python(fake, name):
     res, run = build_run(fake, name)
     assert res.unit == "insn" and res.flash_bytes == res.text + res.data and res.hex.is_file() and res.bin.is_file()
     assert run.exit_code == 0
-    s = firmware.summarize(run.lines)
+    s = records.summarize(run.lines)
     scores, preds, labels = expected()
     assert s["scores"] == scores and s["preds"] == preds and s["labels"] == labels
     assert s["correct"] == sum(p == y for p, y in zip(preds, labels)) and s["accuracy"] == pytest.approx(4 / 6)
     assert s["unit"] == "insn" and s["steps"] == 6 * 24 and s["cost_per_step"] > 100
     assert s["clock_hz"] == get_board(name).clock_hz
     # deterministic: a second run prints exactly the same text (and instruction counts)
-    assert firmware.run_qemu(res.elf, name, timeout=20).raw == run.raw
+    assert qemu.run_qemu(res.elf, name, timeout=20).raw == run.raw
 
 
 def test_host_build_gives_the_qemu_outputs(fake):
-    res = firmware.build(fake, None, host=True)
+    res = fwbuild.build(fake, None, host=True)
     assert res.host and res.hex is None and res.unit == "none"
-    s = firmware.summarize(firmware.run_host(res.elf).lines)
-    q = firmware.summarize(build_run(fake, "cortex-m4")[1].lines)
+    s = records.summarize(qemu.run_host(res.elf).lines)
+    q = records.summarize(build_run(fake, "cortex-m4")[1].lines)
     for key in ("scores", "preds", "labels", "correct", "steps"):
         assert s[key] == q[key]
     assert s["unit"] == "none" and s["cost_total"] == 0
@@ -204,8 +201,8 @@ def test_host_build_gives_the_qemu_outputs(fake):
 
 
 def test_cost_scales_with_model_width(fake):
-    narrow = firmware.summarize(build_run(fake, "cortex-m4", "-w16", defines=["FAKE_WIDTH=16"])[1].lines)
-    wide = firmware.summarize(build_run(fake, "cortex-m4", "-w32", defines=["FAKE_WIDTH=32"])[1].lines)
+    narrow = records.summarize(build_run(fake, "cortex-m4", "-w16", defines=["FAKE_WIDTH=16"])[1].lines)
+    wide = records.summarize(build_run(fake, "cortex-m4", "-w32", defines=["FAKE_WIDTH=32"])[1].lines)
     assert wide["scores"] == [fake_model_scores(seq, 32) for seq in load_testdata()[0]]
     # cost ~ width * (D + C) + a fixed part (call, loop set-up): between 1.7x and 2.05x
     assert 1.7 < wide["cost_per_step"] / narrow["cost_per_step"] < 2.05
@@ -219,7 +216,7 @@ def test_counter_calibration_with_known_instruction_counts(cal, name):
     steps = 6 * 24
     cost = {}
     for n in (1000, 2000):
-        s = firmware.summarize(build_run(cal, name, f"-{n}", defines=[f"CAL_N={n}"])[1].lines)
+        s = records.summarize(build_run(cal, name, f"-{n}", defines=[f"CAL_N={n}"])[1].lines)
         cost[n] = s["cost_total"]
         assert len(set(s["seq_costs"])) == 1  # every sequence costs exactly the same
     assert cost[2000] - cost[1000] == 1000 * steps
@@ -229,17 +226,17 @@ def test_counter_calibration_with_known_instruction_counts(cal, name):
 
 def test_icount_shift_override_is_rescaled_to_instructions(cal):
     res, run = build_run(cal, "cortex-m3", "-1000", defines=["CAL_N=1000"])
-    other = firmware.run_qemu(res.elf, "cortex-m3", icount_shift=get_board("cortex-m3").icount_shift + 1)
-    assert firmware.summarize(other.lines)["cost_total"] == firmware.summarize(run.lines)["cost_total"]
+    other = qemu.run_qemu(res.elf, "cortex-m3", icount_shift=get_board("cortex-m3").icount_shift + 1)
+    assert records.summarize(other.lines)["cost_total"] == records.summarize(run.lines)["cost_total"]
 
 
 def test_counter_survives_systick_wraps(cal):
     """100k nops x 144 steps = 14.4 M instructions = 46 M ticks on mps2: the 24-bit SysTick wraps
     twice; the overflow interrupt keeps the count right (its few instructions are counted too)."""
     steps, big = 6 * 24, 100_000
-    small = firmware.summarize(build_run(cal, "cortex-m3", "-1000", defines=["CAL_N=1000"])[1].lines)
+    small = records.summarize(build_run(cal, "cortex-m3", "-1000", defines=["CAL_N=1000"])[1].lines)
     res, run = build_run(cal, "cortex-m3", "-big", defines=[f"CAL_N={big}"])
-    s = firmware.summarize(run.lines)
+    s = records.summarize(run.lines)
     extra = s["cost_total"] - small["cost_total"] - (big - 1000) * steps
     assert 0 <= extra <= 3 * 20
 
@@ -248,17 +245,17 @@ def test_dwt_counter_build_runs_in_qemu_where_cyccnt_reads_zero(fake):
     """The real-board counter (DWT CYCCNT) initializes without faulting in QEMU, which does not
     model the DWT: the costs are 0 cycles (why QEMU builds use SysTick + -icount instead)."""
     res, run = build_run(fake, "cortex-m7", "-dwt", defines=["S4OP_COUNTER_DWT", "S4OP_OUT_SEMIHOST"])
-    s = firmware.summarize(run.lines)
+    s = records.summarize(run.lines)
     assert res.unit == s["unit"] == "cycle" and s["cost_total"] == 0 and s["scores"] == expected()[0]
 
 
 def test_per_layer_costs(fake):
     res, run = build_run(fake, "cortex-m33", "-layers", defines=["S4OP_PROFILE_LAYERS"])
-    s = firmware.summarize(run.lines)
+    s = records.summarize(run.lines)
     assert len(s["layer_costs"]) == 2 and all(c > 0 for c in s["layer_costs"])
     assert 0.8 * s["cost_total"] < sum(s["layer_costs"]) <= s["cost_total"]
     assert s["scores"] == expected()[0]
-    assert "layer 1:" in firmware.format_report(s)
+    assert "layer 1:" in cli_firmware.format_report(s)
 
 
 # --- faults and hangs -----------------------------------------------------------------------
@@ -266,10 +263,10 @@ def test_per_layer_costs(fake):
 
 @pytest.mark.parametrize("name", ["cortex-m3", "cortex-m55"])
 def test_undefined_instruction_is_reported_with_registers(faulty, name):
-    res = firmware.build(faulty, name, out_dir=faulty / "build" / f"{name}-udf", defines=["FAULT_KIND=1"])
+    res = fwbuild.build(faulty, name, out_dir=faulty / "build" / f"{name}-udf", defines=["FAULT_KIND=1"])
     t0 = time.monotonic()
     with pytest.raises(FirmwareFault) as e:
-        firmware.run_qemu(res.elf, name, timeout=20)
+        qemu.run_qemu(res.elf, name, timeout=20)
     assert time.monotonic() - t0 < 5
     regs = e.value.registers
     assert regs["cfsr"] & (1 << 16)  # UFSR.UNDEFINSTR
@@ -278,26 +275,26 @@ def test_undefined_instruction_is_reported_with_registers(faulty, name):
 
 
 def test_bad_address_is_reported_with_bfar(faulty):
-    res = firmware.build(faulty, "cortex-m4", out_dir=faulty / "build" / "m4-bus",
+    res = fwbuild.build(faulty, "cortex-m4", out_dir=faulty / "build" / "m4-bus",
                          defines=["FAULT_KIND=2", "FAULT_ADDR=0xF0000000u"])
     with pytest.raises(FirmwareFault) as e:
-        firmware.run_qemu(res.elf, "cortex-m4", timeout=20)
+        qemu.run_qemu(res.elf, "cortex-m4", timeout=20)
     assert e.value.registers["bfar"] == 0xF0000000 and e.value.registers["cfsr"] & (1 << 15)  # BFARVALID
     assert "bfar=0xf0000000" in str(e.value)
 
 
 def test_fault_on_armv6m_has_no_status_registers_but_is_reported(faulty):
-    res = firmware.build(faulty, "cortex-m0plus", out_dir=faulty / "build" / "m0-udf", defines=["FAULT_KIND=1"])
+    res = fwbuild.build(faulty, "cortex-m0plus", out_dir=faulty / "build" / "m0-udf", defines=["FAULT_KIND=1"])
     with pytest.raises(FirmwareFault) as e:
-        firmware.run_qemu(res.elf, "cortex-m0plus", timeout=20)
+        qemu.run_qemu(res.elf, "cortex-m0plus", timeout=20)
     assert e.value.registers["cfsr"] == 0 and e.value.registers["pc"] > 0
 
 
 def test_endless_loop_hits_the_timeout(faulty):
-    res = firmware.build(faulty, "cortex-m7", out_dir=faulty / "build" / "m7-loop", defines=["FAULT_KIND=3"])
+    res = fwbuild.build(faulty, "cortex-m7", out_dir=faulty / "build" / "m7-loop", defines=["FAULT_KIND=3"])
     t0 = time.monotonic()
     with pytest.raises(FirmwareTimeout, match="did not finish within 1 s"):
-        firmware.run_qemu(res.elf, "cortex-m7", timeout=1.0)
+        qemu.run_qemu(res.elf, "cortex-m7", timeout=1.0)
     assert time.monotonic() - t0 < 4
 
 
@@ -308,14 +305,14 @@ def test_parse_records_ignores_noise_and_reads_every_kind():
     text = ("booting...\r\nS4OP seq i=0 label=1 pred=0 steps=3 cost=30 scores=-1,2\r\n"
             "S4OPX not a record\nS4OP layer i=0 cost=20\n"
             "S4OP summary n=1 correct=0 steps=3 cost=30 unit=cycle clock=480000000\n")
-    recs = firmware.parse_records(text)
+    recs = records.parse_records(text)
     assert [r["kind"] for r in recs] == ["seq", "layer", "summary"]
     assert recs[0]["scores"] == [-1, 2] and recs[0]["line"] == 2
-    s = firmware.summarize(recs)
+    s = records.summarize(recs)
     assert s["unit"] == "cycle" and s["cost_per_step"] == 10 and s["us_per_step"] == pytest.approx(10 / 480)
-    fault = firmware.parse_records("S4OP fault pc=0x00000100 lr=0x1 xpsr=0x1000000 cfsr=0x10000 hfsr=0x0 mmfar=0x0 bfar=0x0")
+    fault = records.parse_records("S4OP fault pc=0x00000100 lr=0x1 xpsr=0x1000000 cfsr=0x10000 hfsr=0x0 mmfar=0x0 bfar=0x0")
     with pytest.raises(FirmwareFault, match="UNDEFINSTR"):
-        firmware.summarize(fault)
+        records.summarize(fault)
 
 
 @pytest.mark.parametrize("line", ["S4OP seq i=0 label=1 pred=0 steps=3 cost=abc scores=1,2",
@@ -325,18 +322,18 @@ def test_parse_records_ignores_noise_and_reads_every_kind():
                                   "S4OP"])
 def test_malformed_record_names_the_line(line):
     with pytest.raises(UserError, match="malformed S4OP record on line 3"):
-        firmware.parse_records("hello\n\n" + line + "\n")
+        records.parse_records("hello\n\n" + line + "\n")
 
 
 def test_missing_summary_or_lost_lines_are_errors():
     seq = "S4OP seq i={} label=1 pred=0 steps=3 cost=30 scores=1,2\n"
     with pytest.raises(UserError, match="no S4OP summary"):
-        firmware.summarize(firmware.parse_records(seq.format(0)))
+        records.summarize(records.parse_records(seq.format(0)))
     with pytest.raises(UserError, match="n=2 but 1 sequence"):
-        firmware.summarize(firmware.parse_records(seq.format(0) + "S4OP summary n=2 correct=0 steps=6 cost=60 unit=insn clock=1\n"))
+        records.summarize(records.parse_records(seq.format(0) + "S4OP summary n=2 correct=0 steps=6 cost=60 unit=insn clock=1\n"))
     # a board reset mid-run: the last complete run counts
     text = seq.format(0) + seq.format(1) + seq.format(0) + "S4OP summary n=1 correct=0 steps=3 cost=30 unit=insn clock=1\n"
-    assert firmware.summarize(firmware.parse_records(text))["n_sequences"] == 1
+    assert records.summarize(records.parse_records(text))["n_sequences"] == 1
 
 
 def test_serial_port_and_saved_log_give_the_same_summary(fake, tmp_path, capsys):
@@ -356,12 +353,12 @@ def test_serial_port_and_saved_log_give_the_same_summary(fake, tmp_path, capsys)
     writer = threading.Thread(target=replay)
     writer.start()
     try:
-        text = firmware.read_serial(port, baud=115200, timeout=10)
+        text = board_io.read_serial(port, baud=115200, timeout=10)
     finally:
         writer.join()
         os.close(master)
         os.close(slave)
-    from_serial = firmware.summarize(firmware.parse_records(text))
+    from_serial = records.summarize(records.parse_records(text))
     assert cli(["profile", "--log", str(log), "--json"]) == 0
     from_log = json.loads(capsys.readouterr().out)
     assert from_serial == from_log
@@ -372,32 +369,32 @@ def test_serial_timeout_and_bad_port(tmp_path):
     master, slave = os.openpty()
     try:
         with pytest.raises(FirmwareTimeout, match="no S4OP summary"):
-            firmware.read_serial(os.ttyname(slave), timeout=0.5)
+            board_io.read_serial(os.ttyname(slave), timeout=0.5)
     finally:
         os.close(master)
         os.close(slave)
     with pytest.raises(UserError, match="cannot open serial port"):
-        firmware.read_serial(str(tmp_path / "ttyNOPE"), timeout=0.5)
+        board_io.read_serial(str(tmp_path / "ttyNOPE"), timeout=0.5)
 
 
 # --- bad input ------------------------------------------------------------------------------
 
 
 def test_board_without_qemu_machine_refuses_to_emulate(fake):
-    res = firmware.build(fake, "nucleo-h743zi")
+    res = fwbuild.build(fake, "nucleo-h743zi")
     assert res.unit == "cycle" and res.flash_bytes < get_board("nucleo-h743zi").flash_bytes
     with pytest.raises(UserError, match="nucleo-h743zi has no QEMU machine.*cortex-m7"):
-        firmware.run_qemu(res.elf, "nucleo-h743zi")
+        qemu.run_qemu(res.elf, "nucleo-h743zi")
 
 
 def test_too_small_board_refuses_with_the_figures(fake):
     tiny = dataclasses.replace(get_board("cortex-m3"), name="tiny", flash_bytes=1024, ram_bytes=2048)
-    with pytest.raises(UserError, match=r"does not fit board tiny: flash \d+ B \(text \d+ \+ data \d+\) > 1024 B; "
-                                        r"RAM \d+ B .*> 2048 B"):
-        firmware.build(fake, tiny, out_dir=fake / "build" / "tiny")
+    with pytest.raises(UserError, match=r"the firmware does not fit tiny: \d+ B flash > 1024 B and \d+ B RAM > 2048 B "
+                                        r"\(whole image: text \d+ \+ data \d+ B flash"):
+        fwbuild.build(fake, tiny, out_dir=fake / "build" / "tiny")
     small_map = dataclasses.replace(get_board("cortex-m3"), name="tinymap", flash_size=1024)
     with pytest.raises(UserError, match="FLASH region \\(1024 B at 0x0\\) overflows by \\d+ B"):
-        firmware.build(fake, small_map, out_dir=fake / "build" / "tinymap")
+        fwbuild.build(fake, small_map, out_dir=fake / "build" / "tinymap")
 
 
 def test_missing_toolchain_names_the_apt_package(fake, tmp_path, monkeypatch):
@@ -405,31 +402,31 @@ def test_missing_toolchain_names_the_apt_package(fake, tmp_path, monkeypatch):
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     with pytest.raises(UserError, match="apt-get install .*gcc-arm-none-eabi libnewlib-arm-none-eabi"):
-        firmware.toolchain()
+        fwbuild.toolchain()
     with pytest.raises(UserError, match="gcc-arm-none-eabi"):
-        firmware.build(fake, "cortex-m4", out_dir=tmp_path / "b")
+        fwbuild.build(fake, "cortex-m4", out_dir=tmp_path / "b")
     with pytest.raises(UserError, match="apt-get install gcc"):
-        firmware.toolchain(host=True)
+        fwbuild.toolchain(host=True)
     with pytest.raises(UserError, match="apt-get install .*qemu-system-arm"):
-        firmware.run_qemu(tmp_path / "x.elf", "cortex-m4")
+        qemu.run_qemu(tmp_path / "x.elf", "cortex-m4")
 
 
 def test_not_an_export_directory_or_broken_source(tmp_path):
     with pytest.raises(UserError, match="not an export directory"):
-        firmware.build(tmp_path, "cortex-m4")
+        fwbuild.build(tmp_path, "cortex-m4")
     proj = make_project(tmp_path / "broken", "fake_model.c", "fake_testdata.c")
     (proj / "src" / "oops.c").write_text("int f(void) { return missing; }\n")
     with pytest.raises(UserError, match=r"compiling .*oops.c failed: .*'missing' undeclared.*full log: .*build.log") as e:
-        firmware.build(proj, "cortex-m4")
+        fwbuild.build(proj, "cortex-m4")
     assert "\n" not in str(e.value)
 
 
 def test_flash_without_probe_or_for_an_emulated_core(fake):
-    hex_path = firmware.build(fake, "nrf52840-dk").hex
+    hex_path = fwbuild.build(fake, "nrf52840-dk").hex
     with pytest.raises(UserError, match="no debug probe found"):
-        firmware.flash(hex_path, "nrf52840-dk")
+        board_io.flash(hex_path, "nrf52840-dk")
     with pytest.raises(UserError, match="emulated core"):
-        firmware.flash(hex_path, "cortex-m4")
+        board_io.flash(hex_path, "cortex-m4")
 
 
 # --- named boards, RP2040 boot2, CLI --------------------------------------------------------
@@ -439,7 +436,7 @@ def test_named_boards_build_with_their_memory_map(fake):
     for name, b in BOARDS.items():
         if b.emulated:
             continue
-        res = firmware.build(fake, name)
+        res = fwbuild.build(fake, name)
         syms = subprocess.run(["arm-none-eabi-nm", str(res.elf)], capture_output=True, text=True).stdout
         vectors = int(re.search(r"([0-9a-f]+) R s4op_vectors", syms).group(1), 16)
         assert vectors == b.flash_origin + (256 if b.boot2 else 0), name
@@ -447,9 +444,9 @@ def test_named_boards_build_with_their_memory_map(fake):
 
 
 def test_rp2040_boot2_checksum(fake):
-    assert firmware.crc32_mpeg2(b"123456789") == 0x0376E6E7  # the CRC-32/MPEG-2 check value
-    image = firmware.build(fake, "rp2040-pico").bin.read_bytes()
-    assert firmware.crc32_mpeg2(image[:252]) == int.from_bytes(image[252:256], "little")
+    assert fwbuild.crc32_mpeg2(b"123456789") == 0x0376E6E7  # the CRC-32/MPEG-2 check value
+    image = fwbuild.build(fake, "rp2040-pico").bin.read_bytes()
+    assert fwbuild.crc32_mpeg2(image[:252]) == int.from_bytes(image[252:256], "little")
     assert int.from_bytes(image[260:264], "little") & 1  # reset vector at 0x10000104 is Thumb
 
 

@@ -16,7 +16,7 @@ def test_non_editable_install_ships_templates_and_firmware(tmp_path):
     assert (pkg / "_templates").is_dir() and any((pkg / "_templates").rglob("*.j2"))
     assert (pkg / "_firmware").is_dir() and any((pkg / "_firmware").rglob("*.c"))
     env = dict(os.environ, PYTHONPATH=str(target))
-    code = ("import s4op_micro.resources as r, s4op_micro; "
+    code = ("import s4op_micro.core.resources as r, s4op_micro; "
             "print(s4op_micro.__file__); print(r.templates_dir()); print(r.firmware_dir())")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
     file_, templates, firmware = out.stdout.split()

@@ -11,8 +11,10 @@ ARGS = ["pipeline", "--dataset", "gunpoint", "--epochs", "5", "--rates", "0.5", 
 def test_pipeline_end_to_end_and_resumable(tmp_path, capsys):
     run = tmp_path / "run"
     assert main([*ARGS, "--out", str(run), "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = result["rows"]
     base, pruned = rows
+    assert result["chosen"]["within_budget"] and result["chosen"]["strategy"] == "guided"
     for row in rows:
         assert row["mismatches"] == 0 and row["tflm max LSB"] == 0  # firmware and TFLM == integer reference
         assert row["cycles_source"].startswith("emulator instruction count")
@@ -30,4 +32,11 @@ def test_pipeline_end_to_end_and_resumable(tmp_path, capsys):
     # --redo emulate redoes emulate and what follows, nothing before it.
     assert main([*ARGS, "--out", str(run), "--redo", "emulate", "--json"]) == 0
     err = capsys.readouterr().err
-    assert "train: done before" in err and "[6/7] emulate\n" in err and "[7/7] tflm\n" in err
+    assert "[1/7 train] done before" in err and "[6/7 emulate] running" in err and "[7/7 tflm] running" in err
+    assert err.count("done before") == 5
+
+    # A changed input redoes its stage and every later one, and says which input changed.
+    assert main([*ARGS[:-2], "--max-drop", "50", "--out", str(run), "--json"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("done before") == 3 and "[4/7 export] inputs changed (max_drop: 100.0 -> 50.0)" in err
+    assert "[5/7 build] inputs changed (an earlier stage was redone)" in err

@@ -5,17 +5,16 @@ import copy
 import dataclasses
 import json
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
 import torch
 
-from s4op_micro.boards import get_board
-from s4op_micro.checkpoint import load_model
+from conftest import run_cli
+from s4op_micro.core.boards import get_board
+from s4op_micro.models.checkpoint import load_model
 from s4op_micro.cli import main
-from s4op_micro.errors import UserError
+from s4op_micro.core.errors import UserError
 from s4op_micro.models import SequenceClassifier
 from s4op_micro.prune import finetune, importance, latency
 from s4op_micro.prune.controller import exponential_budget
@@ -26,10 +25,6 @@ TINY = ["--d-model", "8", "--d-state", "8", "--n-layers", "2", "--epochs", "15",
 FAST = ["--seeds", "2", "--finetune-epochs", "1", "--quiet"]
 
 
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -288,13 +283,12 @@ def test_measured_oracle_refreshes_its_estimate_from_measurements(monkeypatch):
     oracle = latency.MeasuredOracle("emulator", board, measure=measure)
     assert oracle.source == "emulator instruction count"
     measured = oracle.cycles(model, lineage)
-    assert oracle.cycles(model, lineage) == measured and calls == ["emulator"]  # cached
+    assert calls == ["emulator"]   # (caching identical widths is the measuring function's: test_emulator)
     pruned = apply(model, Decision(bypass={0: [0, 1]}))
     assert oracle.estimate(pruned, lineage) == pytest.approx(2 * latency.AnalyticOracle(board).cycles(pruned, lineage))
+    assert oracle.estimate(pruned, lineage) < measured
     assert calls == ["emulator"]  # estimates do not build firmware
-    fake_firmware = types.ModuleType("s4op_micro.firmware")  # a firmware stage without the measurement
-    monkeypatch.setitem(sys.modules, "s4op_micro.firmware", fake_firmware)
-    with pytest.raises(UserError, match="measure_cycles"):
+    with pytest.raises(UserError, match="needs a firmware measurement"):   # prune() called without measure=
         latency.make_oracle("board", board, lineage)
 
 
@@ -351,9 +345,9 @@ def test_guided_stops_at_the_accuracy_budget_or_the_cycle_target(tiny_model, tmp
     assert all(e["cycles_per_step"] > 0.85 * base["cycles_per_step"] for e in kept[:-1])
     out = tmp_path / "drop"
     code, out_json, err = run_cli(capsys, "prune", tiny_model, "--out", out, "--strategy", "guided",
-                                  "--rates", "0.5,0.9", "--max-drop", "-100", "--json", *FAST)
-    result = json.loads(out_json)  # an impossible budget: nothing is kept
-    assert code == 0 and "max-drop" in result["stopped"] and len(result["models"]) == 1
+                                  "--rates", "0.5,0.9", "--max-drop", "0", "--json", *FAST)
+    base, *kept = json.loads(out_json)["models"]   # no accuracy may go: every kept model is as good as the base
+    assert code == 0 and all(e["val_accuracy"] >= base["val_accuracy"] for e in kept)
 
 
 def test_results_do_not_depend_on_workers_or_engine(tiny_model, tmp_path, capsys):
@@ -432,7 +426,7 @@ def test_bad_lut_on_the_command_line(tiny_model, tmp_path, capsys):
 
 def test_qat_hook_passes_the_fake_quantized_forward_to_fit(tiny_model, monkeypatch):
     from s4op_micro.data import load_dataset
-    from s4op_micro.export import qat
+    from s4op_micro.quant import qat
 
     calls = []
     real = qat.make_qat_forward
@@ -455,9 +449,6 @@ def test_qat_hook_passes_the_fake_quantized_forward_to_fit(tiny_model, monkeypat
                 progress=False, desc="qat", device="cpu", qat=True, coeff_bits=8, augment=())
     history = finetune.finetune_task(task, data)["history"]
     assert sum(calls) >= len(data.x_train) and 0 <= history["val_accuracy"] <= 1
-    monkeypatch.delattr(qat, "make_qat_forward")
-    with pytest.raises(UserError, match="qat"):
-        finetune.finetune_task(task, data)
 
 
 def test_damage_measurement_is_reproducible(tiny_model):

@@ -10,17 +10,21 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import random_model
+from s4op_micro.toolchain.tflm_app import build_app  # noqa: E402
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tflite_micro  # noqa: F401  (installed by scripts/setup.sh: CI has it; no skip)
 
-from s4op_micro.errors import UserError  # noqa: E402
-from s4op_micro.export import IntegerReference, quantize_model  # noqa: E402
-from s4op_micro.export import intmath as im  # noqa: E402
-from s4op_micro.export import tflm, tflm_runtime as rt  # noqa: E402
-from s4op_micro.export.quantize import add_params  # noqa: E402
-from s4op_micro.export.reference import add, fc  # noqa: E402
-from s4op_micro.export.tflm_graph import Graph, scale_pair, tflm_multiplier  # noqa: E402
+from s4op_micro.core.errors import UserError  # noqa: E402
+from s4op_micro.quant.quantize import quantize_model
+from s4op_micro.quant.reference import IntegerReference  # noqa: E402
+from s4op_micro.quant import intmath as im  # noqa: E402
+from s4op_micro.codegen import tflm
+from s4op_micro.measure import tflm_runtime as rt  # noqa: E402
+from s4op_micro.quant.quantize import add_params  # noqa: E402
+from s4op_micro.quant.reference import add, fc  # noqa: E402
+from s4op_micro.codegen.tflm_graph import Graph, scale_pair, tflm_multiplier  # noqa: E402
 from s4op_micro.models import SequenceClassifier  # noqa: E402
 
 f32 = lambda v: np.float64(np.float32(v))  # noqa: E731
@@ -104,32 +108,7 @@ def test_scale_pairs_reproduce_any_multiplier():
 
 @st.composite
 def models(draw):
-    H = draw(st.integers(1, 7))
-    n_layers = draw(st.integers(1, 2))
-    ssm = draw(st.sampled_from(["s4d", "s4"]))
-    N = draw(st.sampled_from([2, 4, 8]))
-    C, K = draw(st.integers(1, 3)), draw(st.integers(2, 4))
-    seed = draw(st.integers(0, 10_000))
-    rng = np.random.default_rng(seed)
-    active, removed = [], []
-    for _ in range(n_layers):
-        role = rng.integers(0, 3 if draw(st.booleans()) else 1, size=H)   # active / bypassed / removed
-        if (role == 2).all():
-            role[0] = 0
-        active.append([c for c in range(H) if role[c] == 0])
-        removed.append([c for c in range(H) if role[c] == 2])
-    torch.manual_seed(seed)
-    m = SequenceClassifier(C, K, d_model=H, d_state=N, n_layers=n_layers, ssm=ssm, prenorm=draw(st.booleans()),
-                           dt_min=1e-3, dt_max=0.5, active_operators=active, removed_operators=removed)
-    with torch.no_grad():
-        for bn in m.norms:
-            bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.3, 3)
-            bn.weight.uniform_(-2, 2), bn.bias.uniform_(-1, 1)
-        for layer in m.layers:
-            if ssm == "s4d" and len(layer.active) and draw(st.booleans()):
-                layer.kernel.mode_mask[0, 0] = 0       # a pruned mode: ragged mode counts
-                layer.kernel.log_dt[0] = -7.0          # a slow channel, |dA| ~ 0.9995
-    m.eval()
+    m, seed = random_model(draw, st, max_channels=7, state_sizes=(2, 4, 8))
     return m, seed, draw(st.sampled_from([8, 16])), draw(st.sampled_from([1, 3, 17]))
 
 
@@ -267,9 +246,9 @@ def test_run_without_tflm_export(exported, tmp_path, run_cli):
 def test_build_without_a_tflm_tree(exported, tmp_path, monkeypatch):
     monkeypatch.delenv("TFLM_ROOT", raising=False)
     with pytest.raises(UserError, match="TFLM_ROOT=\\(unset\\) is not a TensorFlow Lite Micro tree"):
-        tflm.build_app(exported, tmp_path / "b")
+        build_app(exported, tmp_path / "b")
     with pytest.raises(UserError, match="is not a TensorFlow Lite Micro tree"):
-        tflm.build_app(exported, tmp_path / "b", tflm_root=tmp_path)
+        build_app(exported, tmp_path / "b", tflm_root=tmp_path)
     if shutil.which("cmake"):   # the CMake project itself stops with a clear message
         res = subprocess.run(["cmake", "-S", exported / "tflm", "-B", tmp_path / "c"], capture_output=True, text=True)
         assert res.returncode != 0 and "TFLM_ROOT" in res.stderr and "create_tflm_tree.py" in res.stderr
@@ -340,9 +319,9 @@ def test_main_cc_compiles_against_the_tflm_api(exported, tmp_path):
 def test_readout_scales_always_have_a_tflm_scale_pair():
     """Multipliers within 2^-24 of a power of two have no float32 scale pair; the export's readout
     scales step out of those bands (a failing hypothesis case had M = 2147483598)."""
-    from s4op_micro.export import intmath as im
-    from s4op_micro.export.quantize import tflm_expressible
-    from s4op_micro.export.tflm_graph import scale_pair
+    from s4op_micro.quant import intmath as im
+    from s4op_micro.quant.quantize import tflm_expressible
+    from s4op_micro.codegen.tflm_graph import scale_pair
 
     rng = np.random.default_rng(0)
     for s_out in np.float32(rng.uniform(1e-3, 1.0, 20)).astype(float):

@@ -7,12 +7,12 @@ per-channel normalization fitted on the train part only.
 
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .core import Dataset, build, normalize
 from .npz import load_npz
 from .registry import REGISTRY
 
-__all__ = ["Dataset", "load_dataset", "list_datasets", "normalize", "register"]
+__all__ = ["Dataset", "load_dataset", "list_datasets", "normalize"]
 
 
 def load_dataset(name=None, data=None, root=None, val_fraction=0.2, seed=0, max_train=None) -> Dataset:
@@ -36,24 +36,3 @@ def list_datasets() -> list[dict]:
          "source": e.source, "offline": bool(e.available())}
         for name, e in REGISTRY.items()
     ]
-
-
-def cmd_datasets(args):
-    from ..cli import emit
-
-    def human(r):
-        rows = [("name", "train", "test", "L", "C", "classes", "offline", "source")]
-        for d in r["datasets"]:
-            rows.append((d["name"], *map(str, d["shape"]), str(d["n_classes"]), "yes" if d["offline"] else "no", d["source"]))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows)
-
-    emit(args, {"datasets": list_datasets()}, human)
-    return 0
-
-
-def register(sub):
-    p = sub.add_parser("datasets", help="list the datasets (shapes, classes, source, offline availability)",
-                       description="List the named datasets. Your own data: --data FILE.npz with x_train, y_train, x_test, y_test.")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_datasets)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 @dataclass

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .core import Raw
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")

@@ -1,4 +1,4 @@
-"""Operator pruning (S4oP and beyond): `s4op-micro prune`.
+"""Operator pruning (S4oP and beyond): `prune(...)` in api.py.
 
 operators   apply a pruning decision: rebuild a smaller model (bypass, removed, modes, blocks)
 importance  H-infinity (LAST-style) and Taylor scores of operators and modes
@@ -7,11 +7,7 @@ controller  the strategies: s4op (published baseline) and guided (importance + l
 finetune    the candidate tasks (fine-tune, damage) that run in workers
 parallel    in-process, local process pool, or Ray
 pareto      DIR/pareto.json and DIR/pareto.png
-command     the command line
+api         prune(...) -> PruneResult: checks, runs the controller, writes the results
+
+It measures nothing itself: the emulator and board oracles call the function they are handed.
 """
-
-
-def register(sub):
-    from .command import register as register_prune
-
-    register_prune(sub)

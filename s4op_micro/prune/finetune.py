@@ -2,14 +2,15 @@
 
 A task carries the model as a checkpoint-like dict (`pack`) and everything else it needs, so it
 runs the same in this process, in a spawned worker or on a Ray node. Fine-tunes are `train.fit`;
-`forward_fn` adds the device and, with --qat, the export stage's fake-quantized forward.
+`forward_fn` adds the device and, with --qat, the fake-quantized forward of quant.qat.
 """
 
 import numpy as np
 import torch
 
-from ..checkpoint import model_from_checkpoint
-from ..errors import UserError
+from ..models.checkpoint import model_from_checkpoint
+from ..core.errors import UserError
+from ..quant import qat
 from ..train import evaluate, fit
 
 SELECTION_TRAIN = 256  # training sequences added to the validation split to measure damage
@@ -24,19 +25,6 @@ def pack(model):
 
 def unpack(spec, device="cpu"):
     return model_from_checkpoint(spec).to(device)
-
-
-def qat_factory():
-    """The export stage's make_qat_forward(model, calib_x, coeff_bits) -> forward(model, x): the
-    fake-quantized forward for quantization-aware fine-tunes (calibrated on the model it gets)."""
-    try:
-        from ..export import qat
-    except ImportError:
-        qat = None
-    make = getattr(qat, "make_qat_forward", None)
-    if make is None:
-        raise UserError("--qat needs s4op_micro.export.qat.make_qat_forward (fake quantization), which this build lacks")
-    return make
 
 
 def forward_fn(device="cpu", inner=None):
@@ -65,7 +53,7 @@ def finetune_task(task, data):
     model = unpack(task["model"], task["device"])
     calibration = data.x_train[:CALIBRATION]
     recalibrate_norms(model, calibration, forward_fn(task["device"]))
-    quantized = qat_factory()(model, calibration, task["coeff_bits"]) if task["qat"] else None
+    quantized = qat.make_qat_forward(model, calibration, task["coeff_bits"]) if task["qat"] else None
     history = fit(model, data, task["epochs"], task["lr"], task["batch_size"], seed=task["seed"],
                   patience=task["patience"], progress=task["progress"], desc=task["desc"],
                   forward_fn=forward_fn(task["device"], quantized), augment_with=task["augment"])

@@ -40,8 +40,8 @@ import json
 import math
 from pathlib import Path
 
-from ..errors import UserError
-from ..export import cost_report
+from ..core.errors import UserError
+from ..quant.cost import cost_report
 from .operators import kept_modes
 
 LUT_FORMAT = "s4op-micro/latency-lut-1"
@@ -120,23 +120,22 @@ class LutOracle:
 
 
 class MeasuredOracle:
-    """Firmware measured in the emulator or on the board; `estimate` ranks candidates cheaply."""
+    """Firmware measured in the emulator or on the board by `measure` (handed in by the caller:
+    s4op_micro.measure.emulator.measure_cycles, which caches by width); `estimate` ranks candidates
+    cheaply by scaling the analytic figure to the latest measurement."""
 
-    def __init__(self, where, board, calib_x=None, coeff_bits=8, measure=None):
+    def __init__(self, where, board, measure, calib_x=None, coeff_bits=8):
         self.where, self.board, self.calib_x, self.coeff_bits = where, board, calib_x, coeff_bits
         self.source = MEASURED_SOURCES[where]
-        self.measure = measure or _firmware_measure()
+        self.measure = measure
         self.analytic = AnalyticOracle(board, coeff_bits)
         self.scale = None  # measured / analytic of the latest measured model
-        self.cache = {}
 
     def cycles(self, model, lineage):
-        key = _signature(model)
-        if key not in self.cache:
-            result = self.measure(model, self.board, self.where, calib_x=self.calib_x, coeff_bits=self.coeff_bits)
-            self.cache[key] = float(result["cycles_per_step"])
-        self.scale = self.cache[key] / self.analytic.cycles(model, lineage)
-        return self.cache[key]
+        result = self.measure(model, self.board, self.where, calib_x=self.calib_x, coeff_bits=self.coeff_bits)
+        cycles = float(result["cycles_per_step"])
+        self.scale = cycles / self.analytic.cycles(model, lineage)
+        return cycles
 
     def estimate(self, model, lineage):
         if self.scale is None:
@@ -144,29 +143,18 @@ class MeasuredOracle:
         return self.analytic.cycles(model, lineage) * self.scale
 
 
-def make_oracle(spec, board, lineage, coeff_bits=8, calib_x=None):
-    """The oracle named by --latency; UserError for an unknown name or a bad table."""
+def make_oracle(spec, board, lineage, coeff_bits=8, calib_x=None, measure=None):
+    """The oracle named by --latency; UserError for an unknown name or a bad table. measure: the
+    firmware measurement behind `emulator` and `board` (see MeasuredOracle)."""
     if spec == "analytic":
         return AnalyticOracle(board, coeff_bits)
     if spec.startswith("lut:") and len(spec) > 4:
         return LutOracle(spec[4:], board, lineage)
     if spec in MEASURED_SOURCES:
-        return MeasuredOracle(spec, board, calib_x, coeff_bits)
+        if measure is None:
+            raise UserError(f"--latency {spec} needs a firmware measurement; call prune() with measure=")
+        return MeasuredOracle(spec, board, measure, calib_x, coeff_bits)
     raise UserError(f"unknown latency oracle {spec!r}; choose from {', '.join(ORACLES)}")
-
-
-def _firmware_measure():
-    import importlib
-
-    try:  # import_module: the module registered in sys.modules (a package attribute may be stale)
-        firmware = importlib.import_module("..firmware", __package__)
-    except ImportError:
-        firmware = None
-    measure = getattr(firmware, "measure_cycles", None)
-    if measure is None:
-        raise UserError("the emulator/board latency oracles need s4op_micro.firmware.measure_cycles, "
-                        "which this build lacks; use --latency analytic or lut:FILE")
-    return measure
 
 
 def _read_lut(path):
@@ -219,10 +207,4 @@ def _interpolate(table, width):
     lo = max([p for p in points[:-1] if p[0] <= width] or [points[0]])
     hi = points[points.index(lo) + 1]
     return lo[1] + (hi[1] - lo[1]) * (width - lo[0]) / (hi[0] - lo[0])
-
-
-def _signature(model):
-    """What the cycle count depends on: operators, removed channels and kept modes per layer."""
-    return tuple((tuple(layer.active.tolist()), tuple(layer.removed.tolist()), kept_modes(layer))
-                 for layer in model.layers)
 

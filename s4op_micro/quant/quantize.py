@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 from . import intmath as im
 from .discretize import Ranges, discretize, gelu, run_float, sigmoid
 

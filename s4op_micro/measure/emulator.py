@@ -17,6 +17,7 @@ budget is checked for the image without them.
 
 import dataclasses
 import json
+import os
 import shutil
 import tempfile
 import zlib
@@ -25,9 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import firmware
-from .boards import BOARDS, core_cpi, get_board
-from .errors import UserError
+from ..codegen.c import render_c
+from ..core.boards import core_cpi, get_board
+from ..core.checks import check_fits, emulated_board
+from ..core.errors import UserError
+from ..core.progress import log, quiet
+from ..quant.quantize import quantize_model
+from ..quant.reference import IntegerReference
+from ..toolchain import board_io, records
+from ..toolchain.build import build
+from ..toolchain.qemu import run_qemu
+from .scores import compare, first_mismatch
 
 HARNESS_MARGIN = 32 * 1024      # flash kept free for the harness when sizing a chunk of test vectors
 MEASURE_SEQUENCES = 2           # sequences per candidate for the latency oracle and the LUT
@@ -38,25 +47,9 @@ SYNTHETIC_LENGTH = 128          # timesteps of synthetic sequences (no data at h
 # boards and the cycle estimate
 
 
-def emulated_board(board, for_what="emulate it"):
-    """The board itself when QEMU emulates it; UserError naming the emulated core of the same cpu."""
-    board = get_board(board)
-    if board.emulated:
-        return board
-    same = [b.name for b in BOARDS.values() if b.emulated and b.cpu == board.cpu]
-    hint = (f"pass --board {same[0]} (the same {board.cpu} core, emulated), or run it on the board "
-            "(s4op-micro flash + profile --port)" if same else
-            f"emulated cores: {', '.join(b for b, v in BOARDS.items() if v.emulated)}")
-    raise UserError(f"board {board.name} has no QEMU machine to {for_what}; {hint}")
-
-
 def same_core_emulated(board):
     """An emulated board with the cpu of `board` (the board itself when emulated)."""
-    board = get_board(board)
-    if board.emulated:
-        return board
     return emulated_board(board, "measure it in the emulator")
-
 
 def cycles_source(board):
     cpi, basis = core_cpi(board)
@@ -82,8 +75,6 @@ def stage_project(export_dir, stage_dir, qmodel=None, test=None):
     for sub in ("include", "src"):
         shutil.copytree(export_dir / sub, stage_dir / sub)
     if test is not None:
-        from .export.cgen import render_c
-
         with tempfile.TemporaryDirectory() as tmp:
             render_c(qmodel, tmp, test=test)
             for rel in ("include/s4op_testdata.h", "src/s4op_testdata.c"):
@@ -106,13 +97,11 @@ def measure_project(project, board, out_root, layers=True, plain=True, timeout=1
 
     def one(variant):
         tag, extra = variant
-        res = firmware.build(project, relaxed, out_dir=Path(out_root) / tag, defines=[*defines, *extra])
-        if res.flash_bytes - vector_bytes > budget.flash_bytes:
-            raise UserError(f"firmware does not fit board {budget.name}: flash {res.flash_bytes - vector_bytes} B "
-                            f"(model + harness, without the {vector_bytes} B of test vectors) > {budget.flash_bytes} B; "
-                            "prune or shrink the model, or pick a bigger board")
-        run = firmware.run_qemu(res.elf, board, timeout=timeout)
-        return tag, res, firmware.summarize(run.lines)
+        res = build(project, relaxed, out_dir=Path(out_root) / tag, defines=[*defines, *extra])
+        check_fits(budget, res.flash_bytes - vector_bytes, 0, "the firmware",
+                   f"model + harness, without the {vector_bytes} B of test vectors")
+        run = run_qemu(res.elf, board, timeout=timeout)
+        return tag, res, records.summarize(run.lines)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(one, variants))
@@ -137,64 +126,53 @@ def _combine(summaries):
 # run DIR --emulator qemu
 
 
-def run_export(args, ctx):
-    """`run DIR --emulator qemu`: every test sequence in QEMU, checked against the integer reference."""
-    import torch
-
-    board = emulated_board(getattr(args, "board", None) or firmware._project_board(ctx.export_dir)
-                           or _no_board(ctx.export_dir))
-    q = ctx.qmodel
-    x, y = np.asarray(ctx.x_int8, dtype=np.int8), np.asarray(ctx.y)
+def run_export(export_dir, board, qmodel, test, timeout=120.0):
+    """Every test sequence (s4op_micro.measure.scores.TestSet) through DIR's firmware in QEMU,
+    checked against the integer reference; instructions per step in total and per layer."""
+    board = emulated_board(board)
+    x, y = np.asarray(test.x_int8, dtype=np.int8), np.asarray(test.y)
     if x.ndim == 2:
         x = x[..., None]
     n, length, d_in = x.shape
-    n_classes = q.meta["n_classes"]
-    ref_scores = np.asarray(ctx.reference.run(x), dtype=np.int64)
-    timeout = getattr(args, "timeout", None) or 120.0
+    n_classes = qmodel.meta["n_classes"]
+    ref_scores = np.asarray(test.reference_scores, dtype=np.int64)
 
     per_seq = testdata_bytes(1, length, d_in, n_classes)
-    model_flash = _model_flash(ctx.export_dir)
+    model_flash = _model_flash(export_dir)
     room = board.flash_size - model_flash - HARNESS_MARGIN
     if room < per_seq:
         raise UserError(f"one {length}-step test sequence ({per_seq} B) does not fit the {board.flash_size} B of "
                         f"{board.qemu_machine}'s flash next to the model ({model_flash} B); pick a bigger core")
     chunk = max(1, room // per_seq)
-    root = Path(ctx.export_dir) / "build" / f"run-{board.name}"
-    plain, layered, build = [], [], None
+    root = Path(export_dir) / "build" / f"run-{board.name}"
+    plain, layered, firmware = [], [], None
     for k, start in enumerate(range(0, n, chunk)):
         sl = slice(start, min(n, start + chunk))
-        project = stage_project(ctx.export_dir, root / f"chunk{k}" / "project", q,
+        project = stage_project(export_dir, root / f"chunk{k}" / "project", qmodel,
                                 (x[sl], y[sl], ref_scores[sl].astype(np.int8)))
-        firmware._progress(f"run {board.name}", f"building and running sequences {sl.start}-{sl.stop - 1} of {n} in "
-                           f"QEMU {board.qemu_machine} (plain and per-layer firmware) in {root / f'chunk{k}'}")
-        with firmware.quiet_builds():
+        log(f"run {board.name}", f"building and running sequences {sl.start}-{sl.stop - 1} of {n} in "
+            f"QEMU {board.qemu_machine} (plain and per-layer firmware) in {root / f'chunk{k}'}")
+        with quiet():
             m = measure_project(project, board, root / f"chunk{k}", layers=True, timeout=timeout,
                                 vector_bytes=testdata_bytes(sl.stop - sl.start, length, d_in, n_classes))
         if m["layers"]["scores"] != m["plain"]["scores"]:
             raise UserError("the per-layer build printed other scores than the plain build; report this as a bug")
         plain.append(m["plain"])
         layered.append(m["layers"])
-        build = build or m["build"]
+        firmware = firmware or m["build"]
     s, sl_ = _combine(plain), _combine(layered)
 
     c_scores = np.asarray(s["scores"], dtype=np.int64)
     if c_scores.shape != ref_scores.shape or s["labels"] != [int(v) for v in y]:
         raise UserError(f"the firmware printed {c_scores.shape} scores / other labels than the {n} sequences embedded; "
                         "was the output cut short?")
-    bad = np.nonzero((c_scores != ref_scores).any(axis=-1))[0]
-    with torch.no_grad():
-        float_pred = ctx.model(torch.as_tensor(ctx.x_float).float()).argmax(-1).numpy()
     steps = s["steps"]
     ips = s["cost_total"] / steps
     cpi, basis = core_cpi(board)
     layer_ips = [c / sl_["steps"] for c in sl_["layer_costs"]]
-    result = {
-        "target": "qemu", "board": board.name, "machine": board.qemu_machine, "cpu": board.cpu,
-        "n_sequences": int(n), "steps": int(steps), "mismatches": int(len(bad)),
-        "mismatched_scores": int((c_scores != ref_scores).sum()),
-        "accuracy": float((c_scores.argmax(-1) == y).mean()),
-        "reference_accuracy": float((ref_scores.argmax(-1) == y).mean()),
-        "float_accuracy": float((float_pred == y).mean()),
+    result = compare(c_scores, test, "qemu")
+    result.update({
+        "board": board.name, "machine": board.qemu_machine, "cpu": board.cpu, "steps": int(steps),
         "instructions_total": int(s["cost_total"]),
         "instructions_per_step": ips,
         "cycles_per_step": ips * cpi, "cpi": cpi, "cpi_basis": basis,
@@ -205,14 +183,14 @@ def run_export(args, ctx):
         "outside_layers_instructions_per_step": ips - sum(layer_ips),
         "seq_instructions_per_step": [c / length for c in s["seq_costs"]],
         "scores": c_scores.tolist(), "preds": s["preds"],
-        "flash_bytes": build.flash_bytes - testdata_bytes(min(n, chunk), length, d_in, n_classes),
-        "ram_bytes": build.ram_bytes, "images": len(plain), "icount_shift": board.icount_shift,
-    }
-    if len(bad):
-        i = int(bad[0])
-        result["first_mismatch"] = {"sequence": i, "firmware": c_scores[i].tolist(), "reference": ref_scores[i].tolist()}
+        # flash_bytes: the whole firmware image (model + harness + start-up + libc), without the test vectors
+        "flash_bytes": firmware.flash_bytes - testdata_bytes(min(n, chunk), length, d_in, n_classes),
+        "ram_bytes": firmware.ram_bytes, "images": len(plain), "icount_shift": board.icount_shift,
+    })
+    mismatch = first_mismatch(c_scores, test)
+    if mismatch:
+        result["first_mismatch"] = mismatch
     return result
-
 
 def format_run(r):
     """The lines `run --emulator qemu` adds to the run summary."""
@@ -226,10 +204,6 @@ def format_run(r):
         m = r["first_mismatch"]
         lines.append(f"first mismatch: sequence {m['sequence']}: firmware {m['firmware']} vs reference {m['reference']}")
     return "\n".join(lines)
-
-
-def _no_board(export_dir):
-    raise UserError(f"no --board given and {Path(export_dir) / 'model.json'} records none; pass --board (see s4op-micro boards)")
 
 
 def _model_flash(export_dir):
@@ -264,9 +238,6 @@ def _inputs(model, data, n, seed=0, calib_x=None):
 
 def export_in_memory(model, out_dir, calib_x, test_x, test_y, coeff_bits=8):
     """Quantize a model and render its C + test vectors into out_dir (the exporter's functions)."""
-    from .export import IntegerReference, quantize_model
-    from .export.cgen import render_c
-
     q = quantize_model(model, calib_x, coeff_bits=coeff_bits)
     ref = IntegerReference(q)
     xq = ref.quantize_input(test_x)
@@ -298,7 +269,7 @@ def measure_model(model, board, data=None, layers=False, plain=True, timeout=120
     only the per-layer build runs and the totals are those of that build (hooks included)."""
     board = emulated_board(board)
     calib, tx, ty = _inputs(model, data, n_sequences, calib_x=calib_x)
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp, firmware.quiet_builds():
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp, quiet():
         project = Path(tmp) / "project"
         export_in_memory(model, project, calib, tx, ty, coeff_bits)
         m = measure_project(project, board, Path(tmp) / "build", layers=layers, plain=plain, timeout=timeout,
@@ -325,25 +296,24 @@ def _fingerprint(x):
 def measure_cycles(model, board, where="emulator", calib_x=None, coeff_bits=8, data=None):
     """The emulator/board latency oracle's measurement (s4op_micro.prune.latency.MeasuredOracle):
     {"cycles_per_step", "source", "instructions_per_step", "cached", ...} of a (pruned) model,
-    quantized on calib_x (training inputs; synthetic inputs when None). Cached by width signature,
-    so identical widths are built and run once per process."""
-    if where == "board":
-        return _measure_on_board(model, board, data, calib_x, coeff_bits)
-    if where != "emulator":
+    quantized on calib_x (training inputs; synthetic inputs when None). The one measurement cache:
+    keyed by target, width signature, coefficient width and input content, so identical widths are
+    built and run once per process."""
+    if where not in ("emulator", "board"):
         raise UserError(f"unknown measurement target {where!r}; choose emulator or board")
-    target = same_core_emulated(board)
+    target = same_core_emulated(board) if where == "emulator" else get_board(board)
     key = (target.name, where, width_signature(model), coeff_bits, _fingerprint(calib_x),
-           id(data) if data is not None else None)
+           _fingerprint(data.x_test) if data is not None else None)
     if key not in _MEASURED:
-        _MEASURED[key] = dict(measure_model(model, target, data, coeff_bits=coeff_bits, calib_x=calib_x), cached=False)
+        measured = (measure_model(model, target, data, coeff_bits=coeff_bits, calib_x=calib_x) if where == "emulator"
+                    else _measure_on_board(model, target, data, calib_x, coeff_bits))
+        _MEASURED[key] = dict(measured, cached=False)
     else:
         _MEASURED[key]["cached"] = True
     return dict(_MEASURED[key])
 
 
 def _measure_on_board(model, board, data, calib_x=None, coeff_bits=8):
-    import os
-
     board = get_board(board)
     port = os.environ.get("S4OP_PORT")
     if not port:
@@ -354,8 +324,8 @@ def _measure_on_board(model, board, data, calib_x=None, coeff_bits=8):
     with tempfile.TemporaryDirectory() as tmp:
         project = Path(tmp) / "project"
         export_in_memory(model, project, calib, tx, ty, coeff_bits)
-        firmware.flash(project, board, probe=os.environ.get("S4OP_PROBE"))
-        s = firmware.summarize(firmware.parse_records(firmware.read_serial(port, timeout=120.0)))
+        board_io.flash(project, board, probe=os.environ.get("S4OP_PROBE"))
+        s = records.summarize(records.parse_records(board_io.read_serial(port, timeout=120.0)))
     if s["unit"] != "cycle" or not s["cost_total"]:
         raise UserError(f"{board.name} reported no cycle counts (unit {s['unit']}); is the DWT present and enabled?")
     return {"cycles_per_step": s["cost_per_step"], "source": f"board DWT cycles ({board.name})", "board": board.name}
@@ -369,7 +339,7 @@ def default_widths(h):
     return sorted({0, 1, h // 4, h // 2, (3 * h) // 4, h})
 
 
-def measure_lut(model, board, data=None, widths=None, timeout=120.0, progress=None):
+def measure_lut(model, narrowed, board, data=None, widths=None, timeout=120.0, progress=None):
     """The latency table of s4op_micro.prune.latency (format "s4op-micro/latency-lut-1") for an
     unpruned model, measured in QEMU.
 
@@ -381,9 +351,10 @@ def measure_lut(model, board, data=None, widths=None, timeout=120.0, progress=No
     is the plain full-width total minus its layers, so the table reproduces the plain total at full
     width and the hooks' constant overhead cancels at the other widths.
 
-    Costs are cycles estimated as instructions x CPI (the table keeps the instructions as well)."""
-    from .prune.operators import Decision, apply
+    narrowed(kind, w): the model with every layer's operators w..H-1 "bypassed" or "removed" (the
+    pruning stage's rebuild, handed in: measuring sits below pruning).
 
+    Costs are cycles estimated as instructions x CPI (the table keeps the instructions as well)."""
     board = same_core_emulated(board)
     cfg = model.config
     H, n_layers = cfg["d_model"], cfg["n_layers"]
@@ -395,11 +366,8 @@ def measure_lut(model, board, data=None, widths=None, timeout=120.0, progress=No
         raise UserError(f"--widths must list two or more operator counts between 0 and d_model={H}")
     half = H // 2
 
-    def bypassed(w):
-        return apply(model, Decision(bypass={j: list(range(w, H)) for j in range(n_layers)}))
-
-    variants = {("width", w): bypassed(w) for w in sorted(set(widths) | {half, H})}
-    variants[("removed", half)] = apply(model, Decision(remove={j: list(range(half, H)) for j in range(n_layers)}))
+    variants = {("width", w): narrowed("bypassed", w) for w in sorted(set(widths) | {half, H})}
+    variants[("removed", half)] = narrowed("removed", half)
 
     def one(item):
         key, m = item
@@ -409,7 +377,7 @@ def measure_lut(model, board, data=None, widths=None, timeout=120.0, progress=No
                      f"{res['layer_instructions_per_step']} instructions/step per layer")
         return key, res
 
-    with ThreadPoolExecutor(max_workers=2) as pool, firmware.quiet_builds():
+    with ThreadPoolExecutor(max_workers=2) as pool, quiet():
         measured = dict(pool.map(one, variants.items()))
     cpi, basis = core_cpi(board)
     full = measured[("width", H)]

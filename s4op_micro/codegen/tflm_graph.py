@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover
     from tensorflow.lite.python import schema_py_generated as fb
 import flatbuffers
 
-from . import intmath as im
+from ..quant import intmath as im
 
 DTYPES = {"int8": fb.TensorType.INT8, "int16": fb.TensorType.INT16, "int32": fb.TensorType.INT32,
           "int64": fb.TensorType.INT64, "float32": fb.TensorType.FLOAT32, "bool": fb.TensorType.BOOL,

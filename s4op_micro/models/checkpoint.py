@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .models import SequenceClassifier
-from .outdir import atomic_write_bytes
+from ..core.errors import UserError
+from .classifier import SequenceClassifier
+from ..core.outdir import atomic_write_bytes
 
 FORMAT = "s4op-micro/checkpoint-1"
 REQUIRED = ("config", "state_dict", "active_operators", "normalization", "dataset", "metrics")

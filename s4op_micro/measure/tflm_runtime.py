@@ -4,14 +4,16 @@ scores with the integer reference. Every failure is a one-line UserError.
 """
 
 import contextlib
+import json
 import os
 import re
 import tempfile
+from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from .tflm_graph import builtin_names, fb
+from ..core.errors import UserError
+from ..codegen.tflm_graph import builtin_names, fb
 
 # Builtin ops with a kernel in the tflite-micro build we validate with (all its resolver registers).
 TFLM_BUILTINS = frozenset("""
@@ -165,3 +167,51 @@ def lsb_stats(got, want):
             "mean_abs_lsb_diff": float(np.abs(d).mean()) if d.size else 0.0,
             "lsb_histogram": {str(int(v)): int(c) for v, c in zip(values, counts)},
             "scores_compared": int(d.size), "scores_differing": int((d != 0).sum())}
+
+
+# --- the export's check and `run DIR --runtime tflm` -----------------------------------------------
+
+def check_export(model_bytes, x, expected):
+    """What the export measures in TFLM before writing DIR/tflm/: the flatbuffer loads, its arena
+    (measured, with the margin of arena_size), and the test sequence x streamed through the real
+    kernels against the integer reference's scores `expected` (L, classes)."""
+    check_model(model_bytes, "the generated .tflite")
+    arena = measure_arena(model_bytes)
+    size = arena_size(arena["needed"])
+    got = run_sequences(interpreter(model_bytes, size, "the generated .tflite"), x)[0]
+    return {"arena": arena, "size": size, "margin": ARENA_MARGIN,
+            "mismatched_steps": int((got != expected).any(-1).sum())}
+
+
+def run_export(export_dir, qmodel, reference, test):
+    """Run DIR/tflm/model.tflite over the test set (s4op_micro.measure.scores.TestSet): accuracies,
+    mismatches against the integer reference and the per-timestep score difference in LSB."""
+    from ..codegen.tflm import multiplier_check
+    from .scores import compare
+
+    path = Path(export_dir) / "tflm" / "model.tflite"
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; export with --formats c,tflm")
+    model_bytes = path.read_bytes()
+    meta_path = path.with_name("tflm.json")
+    try:
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"{meta_path} is corrupt (not JSON); re-export with --formats c,tflm") from None
+    size = meta.get("arena", {}).get("size_bytes") or arena_size(measure_arena(model_bytes)["needed"])
+    check_model(model_bytes, str(path))
+    it = interpreter(model_bytes, size, str(path))
+    m = qmodel.meta
+    shapes = (list(it.get_input_details(0)["shape"]), list(it.get_output_details(0)["shape"]))
+    if shapes != ([1, m["d_input"]], [1, m["n_classes"]]):
+        raise UserError(f"{path} takes {shapes[0]} and gives {shapes[1]}; DIR's model needs [1, {m['d_input']}] "
+                        f"-> [1, {m['n_classes']}]: re-export with --formats c,tflm")
+    got = run_sequences(it, test.x_int8)
+    want = reference.run_steps(test.x_int8)
+    pred, ref_pred = got[:, -1].argmax(-1), want[:, -1].argmax(-1)
+    result = compare(got[:, -1], test, "tflm")
+    result.update({"steps": int(got.shape[1]), "prediction_agreement": float((pred == ref_pred).mean()),
+                   "mismatches": int((got != want).any(axis=(1, 2)).sum()), **lsb_stats(got, want),
+                   "model_bytes": len(model_bytes), "arena_bytes": int(size),
+                   "multiplier_check": meta.get("multiplier_check") or multiplier_check(qmodel)})
+    return result

@@ -1,5 +1,5 @@
-"""Quantization-aware fine-tuning: a fake-quantized forward that follows the integer model, and the
-`finetune --qat` command.
+"""Quantization-aware fine-tuning: a fake-quantized forward that follows the integer model, and
+`qat_finetune`, what `finetune --qat` runs.
 
 `make_qat_forward(model, calib_x, coeff_bits)` calibrates once (quantize_model) and returns
 forward(model, x) -> logits for `train.fit(..., forward_fn=forward)`. It streams the model like the
@@ -18,8 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
+from ..core.checks import coeff_bits as check_coeff_bits
+from ..core.errors import UserError
+from ..core.outdir import atomic_output_dir, check_output_path
+from ..models.checkpoint import load_model, save_checkpoint
+from ..train import evaluate, fit, load_data_for
+from .discretize import check_supported
 from .quantize import quantize_model
+from .reference import IntegerReference
 
 
 def ste_round(v):
@@ -173,70 +179,45 @@ def make_qat_forward(model, calib_x, coeff_bits=8):
     return QATForward(model, calib_x, coeff_bits)
 
 
-def cmd_finetune(args):
-    from ..checkpoint import load_model, save_checkpoint
-    from ..cli import emit
-    from ..outdir import atomic_output_dir
-    from ..train import evaluate, fit, load_data_for
-    from .reference import IntegerReference
-
-    if not args.qat:
-        raise UserError("finetune needs --qat (plain fine-tuning is `s4op-micro train`/`prune`)")
-    model, ckpt = load_model(args.model)
-    from .discretize import check_supported
-
-    check_supported(model)
-    data = load_data_for(ckpt, args)
-    calib = data.x_train[: args.calib_samples]
+def qat_finetune(model, *, out, epochs=10, lr=1e-3, batch_size=32, coeff_bits=8, calib_samples=256, seed=0,
+                 force=False, progress=True, dataset=None, data=None, root=None, max_train=None):
+    """Quantization-aware fine-tune of the checkpoint `model` through the fake-quantized integer
+    model; writes OUT/model.pt. Returns {"model", "before", "after", "coeff_bits", "seconds"} with
+    float and int8-reference test accuracies before and after."""
+    check_coeff_bits(coeff_bits)
+    for name, value in (("epochs", epochs), ("batch-size", batch_size), ("calib-samples", calib_samples)):
+        if value < 1:
+            raise UserError(f"--{name} must be at least 1, not {value}")
+    if not lr > 0:
+        raise UserError(f"--lr must be positive, not {lr}")
+    check_output_path(out, force)
+    float_model, ckpt = load_model(model)
+    check_supported(float_model)
+    loaded = load_data_for(ckpt, dataset=dataset, data=data, root=root, max_train=max_train)
+    calib = loaded.x_train[:calib_samples]
 
     def int_acc(m):
-        q = quantize_model(m, calib, args.coeff_bits)
+        q = quantize_model(m, calib, coeff_bits)
         ref = IntegerReference(q)
-        return float((ref.predict(ref.quantize_input(data.x_test)) == data.y_test).mean())
+        return float((ref.predict(ref.quantize_input(loaded.x_test)) == loaded.y_test).mean())
 
-    before = {"float": evaluate(model, data.x_test, data.y_test)["accuracy"], "int": int_acc(model)}
-    qat = make_qat_forward(model, calib, args.coeff_bits)
+    before = {"float": evaluate(float_model, loaded.x_test, loaded.y_test)["accuracy"], "int": int_acc(float_model)}
+    qat = make_qat_forward(float_model, calib, coeff_bits)
     threads = torch.get_num_threads()
-    with atomic_output_dir(args.out, force=args.force) as tmp:
+    with atomic_output_dir(out, force=force) as tmp:
         # the QAT forward streams small tensors step by step: intra-op threads only add contention
         torch.set_num_threads(1)
         try:
-            hist = fit(model, data, args.epochs, args.lr, args.batch_size, seed=args.seed, progress=not args.quiet,
+            hist = fit(float_model, loaded, epochs, lr, batch_size, seed=seed, progress=progress,
                        desc="finetune --qat", forward_fn=qat)
         finally:
             torch.set_num_threads(threads)
-        after = {"float": evaluate(model, data.x_test, data.y_test)["accuracy"], "int": int_acc(model)}
+        after = {"float": evaluate(float_model, loaded.x_test, loaded.y_test)["accuracy"], "int": int_acc(float_model)}
         metrics = dict(ckpt["metrics"], test_accuracy=after["float"], qat={
-            "coeff_bits": args.coeff_bits, "epochs": args.epochs, "lr": args.lr, "before": before, "after": after,
+            "coeff_bits": coeff_bits, "epochs": epochs, "lr": lr, "before": before, "after": after,
             "val_accuracy": hist["val_accuracy"]})
         extra = {k: v for k, v in ckpt.items() if k not in ("format", "config", "state_dict", "active_operators",
                                                              "removed_operators", "normalization", "dataset", "metrics")}
-        save_checkpoint(tmp / "model.pt", model, ckpt["normalization"], ckpt["dataset"], metrics, **extra)
-    res = {"model": str(args.out) + "/model.pt", "before": before, "after": after, "coeff_bits": args.coeff_bits,
-           "seconds": hist["seconds"]}
-    emit(args, res, lambda r: (
-        f"QAT fine-tune ({r['coeff_bits']}-bit coefficients), {r['seconds']:.0f} s -> {r['model']}\n"
-        f"  before: float {r['before']['float']:.4f}, int8 reference {r['before']['int']:.4f}\n"
-        f"  after:  float {r['after']['float']:.4f}, int8 reference {r['after']['int']:.4f}"))
-    return 0
-
-
-def register_finetune(sub):
-    from ..train import add_data_args
-
-    p = sub.add_parser("finetune", help="quantization-aware fine-tuning (--qat) of a checkpoint",
-                       description="Fine-tune a checkpoint through the fake-quantized integer model.")
-    p.add_argument("model", help="checkpoint (model.pt)")
-    add_data_args(p, required=False)
-    p.add_argument("--qat", action="store_true", help="quantization-aware (the only mode)")
-    p.add_argument("--out", required=True, help="output directory (gets model.pt)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--coeff-bits", type=int, choices=[8, 16], default=8)
-    p.add_argument("--calib-samples", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_finetune)
+        save_checkpoint(tmp / "model.pt", float_model, ckpt["normalization"], ckpt["dataset"], metrics, **extra)
+    return {"model": str(out) + "/model.pt", "before": before, "after": after, "coeff_bits": coeff_bits,
+            "seconds": hist["seconds"]}

@@ -3,7 +3,7 @@
 
 from pathlib import Path
 
-_PKG = Path(__file__).resolve().parent
+_PKG = Path(__file__).resolve().parent.parent   # s4op_micro/
 
 
 def _find(top_name, packaged_name):

@@ -7,7 +7,7 @@ Two kinds of entries:
 - named boards (`nucleo-h743zi`, ...): the real part's figures and map, a pyocd target for
   flashing, no QEMU machine (their map differs from any emulated one).
 
-`s4op-micro boards [--json]` prints the table.
+`s4op-micro boards [--json]` prints the table (s4op_micro.cli.boards).
 """
 
 from dataclasses import asdict, dataclass
@@ -191,36 +191,3 @@ def get_board(name):
     except KeyError:
         raise UserError(f"unknown board {name!r}; known boards: {', '.join(BOARDS)} "
                         "(see `s4op-micro boards`)") from None
-
-
-def _fmt_bytes(n):
-    return f"{n // MB} MB" if n % MB == 0 else f"{n // KB} KB"
-
-
-def _human(rows):
-    head = f"{'board':18} {'cpu':14} {'flash':>7} {'RAM':>7} {'clock':>8}  {'dsp':3} {'mve':3} {'fpu':4} {'cpi':>4} {'qemu':11} pyocd"
-    lines = [head, "-" * len(head)]
-    for b in rows:
-        lines.append(f"{b['name']:18} {b['cpu']:14} {_fmt_bytes(b['flash_bytes']):>7} {_fmt_bytes(b['ram_bytes']):>7} "
-                     f"{b['clock_hz'] / 1e6:>5.0f}MHz  {'yes' if b['dsp'] else '-':3} {'yes' if b['mve'] else '-':3} "
-                     f"{b['fpu']:4} {b['cpi'] or 0:>4.2f} {b['qemu_machine'] or '-':11} {b['pyocd_target'] or '-'}")
-    lines.append("")
-    lines.append("cpi: cycles per instruction assumed when an emulator instruction count is turned into a cycle "
-                 "estimate (boards.CORE_CPI):")
-    lines += [f"  {cpu}: {cpi:g} ({basis})" for cpu, (cpi, basis) in CORE_CPI.items()]
-    lines += [f"{b['name']}: {b['description']}" for b in rows]
-    return "\n".join(lines)
-
-
-def cmd_boards(args):
-    from .cli import emit
-    rows = [b.to_dict() for b in BOARDS.values()]
-    emit(args, {"boards": rows}, lambda r: _human(r["boards"]))
-    return 0
-
-
-def register(sub):
-    p = sub.add_parser("boards", help="the board table (flags, memory, clock, QEMU machine, pyocd target)",
-                       description="List the supported cores and boards.")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_boards)

@@ -32,19 +32,16 @@ may round the other way). The int32 pooled sum limits sequences to 65793 steps (
 """
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
-from ..errors import UserError
-from .quantize import POOL_FRAC, SIG_SCALE, SIG_ZP
+from ..core.errors import UserError
+from ..quant.quantize import POOL_FRAC, SIG_SCALE, SIG_ZP
+from .env import render
 
-try:  # the `tflm` extra: tflite-micro (runtime and flatbuffer schema) and flatbuffers
-    from . import tflm_runtime as rt
+try:  # the `tflm` extra: tflite-micro (flatbuffer schema) and flatbuffers
     from .tflm_graph import Graph, fb, tflm_multiplier
 except ImportError as e:
     _MISSING = e.name
@@ -269,21 +266,12 @@ def multiplier_check(q):
 
 # --- files: model.tflite, model_data.cc/.h, main.cc, CMakeLists.txt, tflm.json ----------------------
 
-def write_tflm(q, out_dir, model=None, calib_x=None, board=None):
-    """Write DIR/tflm/ for QuantizedModel q (the call site in export_model). The arena size is
-    measured in the TFLM runtime; main.cc streams the first calibration sequence and checks every
-    step against the integer reference."""
-    from .cgen import _env
-    from .reference import IntegerReference
-
-    _require()
-    model_bytes, info = build_tflite(q)
-    rt.check_model(model_bytes, "the generated .tflite")
-    arena = rt.measure_arena(model_bytes)
-    size = rt.arena_size(arena["needed"])
-    x = _test_sequence(q, calib_x)
-    expected = IntegerReference(q).run_steps(x)[0]
-    got = rt.run_sequences(rt.interpreter(model_bytes, size, "the generated .tflite"), x)[0]
+def write_tflm(q, out_dir, model_bytes, info, x, expected, checked, board=None):
+    """Write DIR/tflm/ (model.tflite, model_data.cc/.h, main.cc, CMakeLists.txt, tflm.json) for the
+    .tflite built by build_tflite(q). x: the int8 test sequence (1, L, C) main.cc streams, expected:
+    the integer reference's scores at every step; checked: what the TFLM runtime measured at export
+    (s4op_micro.measure.tflm_runtime.check_export: arena, margin, mismatched steps)."""
+    arena, size, margin = checked["arena"], checked["size"], checked["margin"]
     d = Path(out_dir) / "tflm"
     d.mkdir(parents=True, exist_ok=True)
     (d / "model.tflite").write_bytes(model_bytes)
@@ -291,18 +279,17 @@ def write_tflm(q, out_dir, model=None, calib_x=None, board=None):
            "resolver_methods": [RESOLVER_METHODS[o] for o in info["ops"]],
            "resource_variables": info["resource_variables"], "arena_size": size, "arena_measured": arena["needed"],
            "arena_allocated": arena["total"],
-           "margin_pct": int(rt.ARENA_MARGIN[0] * 100), "margin_bytes": rt.ARENA_MARGIN[1],
+           "margin_pct": int(margin[0] * 100), "margin_bytes": margin[1],
            "steps": len(x[0]), "n_inputs": x.shape[2], "n_classes": q.meta["n_classes"],
            "label": int(expected[-1].argmax()), "inputs": x[0].tolist(), "expected": expected.tolist()}
-    env = _env()
     for name in ("model_data.h", "model_data.cc", "main.cc", "CMakeLists.txt"):
-        (d / name).write_text(env.get_template(f"tflm/{name}.j2").render(**ctx))
+        (d / name).write_text(render(f"tflm/{name}.j2", **ctx))
     report = {"model_bytes": len(model_bytes), **info,
               "arena": {"needed_bytes": arena["needed"], "allocated_bytes": arena["total"], "head_bytes": arena["head"],
                         "tail_bytes": arena["tail"],
-                        "size_bytes": size, "margin": f"+{int(rt.ARENA_MARGIN[0] * 100)}% + {rt.ARENA_MARGIN[1]} B",
+                        "size_bytes": size, "margin": f"+{int(margin[0] * 100)}% + {margin[1]} B",
                         "report": arena["report"]},
-              "test_sequence": {"steps": len(x[0]), "mismatched_steps": int((got != expected).any(-1).sum())},
+              "test_sequence": {"steps": len(x[0]), "mismatched_steps": checked["mismatched_steps"]},
               "multiplier_check": multiplier_check(q)}
     if board is not None:   # TFLM's own code (interpreter + kernels) comes on top of these
         report["board"] = {"name": board.name, "flash_bytes": board.flash_bytes, "ram_bytes": board.ram_bytes,
@@ -311,7 +298,7 @@ def write_tflm(q, out_dir, model=None, calib_x=None, board=None):
     return report
 
 
-def _test_sequence(q, calib_x):
+def test_sequence(q, calib_x):
     """int8 (1, L, C): the first calibration sequence (zeros without calibration data)."""
     C = q.meta["d_input"]
     if calib_x is None or len(calib_x) == 0:
@@ -325,57 +312,6 @@ def _hex(data, per_line=16):
                      for i in range(0, len(data), per_line))
 
 
-def build_app(export_dir, build_dir, tflm_root=None, jobs=2):
-    """Configure and build DIR/tflm with CMake against a TFLM tree (TFLM_ROOT); returns the app's path."""
-    root = tflm_root or os.environ.get("TFLM_ROOT")
-    if not root or not (Path(root) / "tensorflow/lite/micro/micro_interpreter.h").is_file():
-        raise UserError(f"TFLM_ROOT={root or '(unset)'} is not a TensorFlow Lite Micro tree; set TFLM_ROOT to the output "
-                        "of tflite-micro's create_tflm_tree.py (see DIR/tflm/CMakeLists.txt)")
-    src = Path(export_dir) / "tflm"
-    if not (src / "CMakeLists.txt").is_file():
-        raise UserError(f"{src} has no CMakeLists.txt; export with --formats c,tflm")
-    cmake = shutil.which("cmake")
-    if not cmake:
-        raise UserError("cmake is not installed (apt-get install cmake)")
-    for cmd in ([cmake, "-S", str(src), "-B", str(build_dir), f"-DTFLM_ROOT={root}"],
-                [cmake, "--build", str(build_dir), "-j", str(jobs)]):
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode:
-            lines = [ln.strip() for ln in (res.stderr + res.stdout).splitlines() if "error" in ln.lower()]
-            raise UserError(f"building the TFLM app failed: {(lines or ['see cmake output'])[0][:200]}")
-    return Path(build_dir) / "s4op_tflm"
 
 
 # --- `s4op-micro run DIR --runtime tflm` ------------------------------------------------------------
-
-def cmd_run_tflm(args, ctx):
-    """Run DIR/tflm/model.tflite in the TFLM runtime over the test set: accuracy vs the float model
-    and the integer reference, and the per-timestep score difference to the reference in LSB."""
-    import torch
-
-    _require()
-    path = ctx.export_dir / "tflm" / "model.tflite"
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; export with --formats c,tflm")
-    model_bytes = path.read_bytes()
-    meta_path = path.with_name("tflm.json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    size = meta.get("arena", {}).get("size_bytes") or rt.arena_size(rt.measure_arena(model_bytes)["needed"])
-    it = rt.interpreter(model_bytes, size, str(path))
-    q = ctx.qmodel
-    shapes = (list(it.get_input_details(0)["shape"]), list(it.get_output_details(0)["shape"]))
-    if shapes != ([1, q.meta["d_input"]], [1, q.meta["n_classes"]]):
-        raise UserError(f"{path} takes {shapes[0]} and gives {shapes[1]}; DIR's model needs [1, {q.meta['d_input']}] "
-                        f"-> [1, {q.meta['n_classes']}]: re-export with --formats c,tflm")
-    got = rt.run_sequences(it, ctx.x_int8)
-    want = ctx.reference.run_steps(ctx.x_int8)
-    with torch.no_grad():
-        float_pred = ctx.model(torch.as_tensor(ctx.x_float).float()).argmax(-1).numpy()
-    pred, ref_pred = got[:, -1].argmax(-1), want[:, -1].argmax(-1)
-    return {"target": "tflm", "n_sequences": int(len(ctx.y)), "steps": int(got.shape[1]),
-            "accuracy": float((pred == ctx.y).mean()), "reference_accuracy": float((ref_pred == ctx.y).mean()),
-            "float_accuracy": float((float_pred == ctx.y).mean()),
-            "prediction_agreement": float((pred == ref_pred).mean()),
-            "mismatches": int((got != want).any(axis=(1, 2)).sum()), **rt.lsb_stats(got, want),
-            "model_bytes": len(model_bytes), "arena_bytes": int(size),
-            "multiplier_check": meta.get("multiplier_check") or multiplier_check(q)}

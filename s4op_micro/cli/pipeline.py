@@ -1,0 +1,38 @@
+"""Command: `pipeline`."""
+
+from ..pipeline import STAGES, PipelineOptions, pipeline
+from .common import at_least, emit
+
+
+def cmd_pipeline(args):
+    o = PipelineOptions(dataset=args.dataset, data=args.data, board=args.board, epochs=args.epochs, rates=args.rates,
+                        seeds=args.seeds, finetune_epochs=args.finetune_epochs, max_drop=args.max_drop,
+                        limit=args.limit, seed=args.seed, redo=args.redo)
+    res = pipeline(out=args.out, options=o)
+    emit(args, {k: v for k, v in res.items() if k != "table"}, lambda r: res["table"])
+    return 0
+
+
+def register(sub):
+    d = PipelineOptions()
+    p = sub.add_parser("pipeline", help="the main job end to end, resumable",
+                       description="Run " + " -> ".join(STAGES) + " into --out. A finished stage is not redone while "
+                                   "every input that produced it is unchanged; a changed input redoes it and the "
+                                   "stages after it. Prints the results table (RUN/results.md).")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--dataset", help="a shipped dataset (see `s4op-micro datasets`)")
+    g.add_argument("--data", help="your own .npz with x_train, y_train, x_test, y_test")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--board", default=d.board, help=f"target board or core with a QEMU machine (default {d.board})")
+    p.add_argument("--redo", nargs="*", default=[], choices=STAGES, help="redo these stages (and those after them)")
+    p.add_argument("--epochs", type=at_least(1), help="training epochs, >= 1 (default: per dataset)")
+    p.add_argument("--rates", default=d.rates, help=f"pruning rates of both strategies (default {d.rates})")
+    p.add_argument("--seeds", type=at_least(1), default=d.seeds, help=f"pruning candidates per rate (default {d.seeds})")
+    p.add_argument("--finetune-epochs", type=at_least(1), default=d.finetune_epochs,
+                   help=f"epochs per candidate fine-tune (default {d.finetune_epochs})")
+    p.add_argument("--max-drop", type=at_least(0.0, float), default=d.max_drop,
+                   help=f"validation accuracy points the deployed pruned model may lose (default {d.max_drop:g})")
+    p.add_argument("--limit", type=at_least(1), help="test sequences for the firmware and TFLM stages (default: all)")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_pipeline)

@@ -1,0 +1,100 @@
+"""Flash, RAM, MACs and loads per step of the generated C, from a model's shapes alone (no
+calibration): what the export checks against the board before calibrating, what `prune` reports
+for every candidate and what the analytic latency oracle prices.
+
+flash_bytes = const data (exactly what s4op_weights.c declares, padding aside) + CODE_BYTES.
+ram_bytes   = the static state struct + the decoder's stack buffer.
+"""
+
+import numpy as np
+
+from .quantize import QuantizedModel
+
+CODE_BYTES = {16: 1320, 8: 2400}
+
+LAYER_DESC_BYTES = 200        # sizeof(s4op_layer_t) on a 32-bit target
+
+FC_DESC_BYTES = 24
+
+
+def _shapes_from_model(model):
+    cfg = model.config
+    H = cfg["d_model"]
+    layers = []
+    for layer in model.layers:
+        removed = set(layer.removed.tolist())
+        active = layer.active.tolist()
+        kernel = layer.kernel
+        if hasattr(kernel, "mode_mask") and cfg["ssm"] == "s4d":
+            modes = [int(v) for v in (kernel.mode_mask > 0).sum(-1).tolist()]
+        else:
+            modes = [layer.n // 2] * len(active)
+        act = dict(zip(active, modes))
+        kept = [c for c in range(H) if c not in removed]
+        layers.append({"modes_per_channel": [act.get(c, 0) for c in kept], "n_active": len(active),
+                       "n_removed": len(removed), "has_k": bool(cfg["prenorm"])})
+    return {"d_input": cfg["d_input"], "n_classes": cfg["n_classes"], "d_model": H, "prenorm": bool(cfg["prenorm"]),
+            "layers": layers}
+
+
+def _shapes_from_qmodel(q):
+    layers = []
+    for L in q.layers:
+        s = L["ssm"]
+        layers.append({"modes_per_channel": np.diff(s["mode_start"]).tolist(), "n_active": int(np.sum(s["active"])),
+                       "n_removed": q.meta["d_model"] - len(s["channels"]), "has_k": bool(s["has_k"])})
+    m = q.meta
+    return {"d_input": m["d_input"], "n_classes": m["n_classes"], "d_model": m["d_model"], "prenorm": m["prenorm"],
+            "layers": layers}
+
+
+def _fc_bytes(n_out, n_in):
+    return n_out * n_in + n_out * (4 + 4 + 1) + FC_DESC_BYTES
+
+
+def cost_report(model_or_qmodel, coeff_bits=8):
+    """Flash/RAM bytes, MACs and loads per step, from shapes alone (no calibration needed).
+
+    flash_bytes = const data (exactly what s4op_weights.c declares, padding aside) + CODE_BYTES.
+    ram_bytes   = the static state struct + the decoder's stack buffer.
+    macs_per_step counts the multiplies of one s4op_step with scores (per mode: 4 for A x, 1 for
+    the input 2^sh, 2 for the readout). loads_per_step counts 32-bit loads on the DSP path (int16
+    pairs and int8 quads are one load each)."""
+    if isinstance(model_or_qmodel, QuantizedModel):
+        sh = _shapes_from_qmodel(model_or_qmodel)
+        coeff_bits = model_or_qmodel.meta["coeff_bits"]
+    else:
+        sh = _shapes_from_model(model_or_qmodel)
+    H, C, NC = sh["d_model"], sh["d_input"], sh["n_classes"]
+    enc_flash, dec_flash = _fc_bytes(H, C), _fc_bytes(NC, H)
+    flash = enc_flash + dec_flash + 4
+    macs = H * C + NC * H
+    loads = H * ((C + 3) // 4 + 3) + NC * (H // 2 + 3) + H
+    total_modes, max_kept, layers = 0, 1, []
+    for i, L in enumerate(sh["layers"]):
+        mpc = L["modes_per_channel"]
+        K, M = len(mpc), int(sum(mpc))
+        total_modes += M
+        max_kept = max(max_kept, K)
+        per_mode = (4 + 4) if coeff_bits == 16 else (2 + 0)
+        c8 = 4 * sum((m + 1) // 2 for m in mpc)
+        f = 2 * K + 2 * (K + 1) + M * per_mode + M + (4 * M if L["has_k"] else 0) + K * 13
+        f += (c8 + 12 * K) if coeff_bits == 8 else 0
+        f += 512 + 2 * _fc_bytes(H, K) + (0 if sh["prenorm"] else 10 * H) + LAYER_DESC_BYTES
+        m_macs = 7 * M + K + 2 * H * K + H + (0 if sh["prenorm"] else H)
+        c_loads = M if coeff_bits == 16 else (M + 1) // 2
+        m_loads = M * (2 + 1 + (1 if L["has_k"] else 0)) + c_loads + 7 * K + 2 * H * (2 * ((K + 3) // 4) + 3) \
+            + 2 * K + H * (4 + (4 if not sh["prenorm"] else 0))
+        ram_l = 4 * M * (2 if coeff_bits == 8 else 1)
+        layers.append({"layer": i, "operators_active": L["n_active"], "operators_bypassed": K - L["n_active"],
+                       "operators_removed": L["n_removed"], "modes": M, "flash_bytes": f, "ram_bytes": ram_l,
+                       "macs": m_macs, "loads": m_loads})
+        flash += f
+        macs += m_macs
+        loads += m_loads
+    ram = 4 * H + 4 + 4 * (total_modes + 1) + (4 * (total_modes + 1) + 4 if coeff_bits == 8 else 0) \
+        + H + (max_kept + 4) + 2 * H
+    code = CODE_BYTES[coeff_bits]
+    return {"flash_bytes": flash + code, "const_bytes": flash, "code_bytes": code, "code_bytes_estimated": True,
+            "ram_bytes": ram, "macs_per_step": macs, "loads_per_step": loads, "coeff_bits": coeff_bits,
+            "modes": total_modes, "layers": layers}
