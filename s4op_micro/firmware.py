@@ -541,19 +541,21 @@ def _check_run(code, text, seconds, what, elf):
     return RunResult(exit_code=code, lines=records, raw=text, seconds=seconds)
 
 
-def qemu_command(elf, board, icount_shift=None):
+def qemu_command(elf, board, icount_shift=None, plugin=None):
+    """The QEMU command line of a firmware run; plugin: a TCG plugin "FILE,key=value,..." to load."""
     board = get_board(board)
     shift = board.icount_shift if icount_shift is None else icount_shift
     return [shutil.which("qemu-system-arm") or "qemu-system-arm", "-M", board.qemu_machine, "-cpu", board.qemu_cpu,
             "-nographic", "-monitor", "none", "-serial", "none",
             "-semihosting-config", "enable=on,target=native",
-            "-icount", f"shift={shift},align=off,sleep=off", "-kernel", str(elf)]
+            "-icount", f"shift={shift},align=off,sleep=off", *(["-plugin", plugin] if plugin else []),
+            "-kernel", str(elf)]
 
 
-def run_qemu(elf, board, timeout=60.0, icount_shift=None):
+def run_qemu(elf, board, timeout=60.0, icount_shift=None, plugin=None):
     """Run firmware built for an emulated board in QEMU (semihosting, -icount). Costs are emulated
     instructions. icount_shift overrides the board's shift; the firmware's conversion assumes the
-    board's, so the costs are rescaled to instructions."""
+    board's, so the costs are rescaled to instructions. plugin: see qemu_command."""
     board = get_board(board)
     if not board.emulated:
         emulated = ", ".join(b for b, v in _boards().items() if v.emulated)
@@ -563,7 +565,7 @@ def run_qemu(elf, board, timeout=60.0, icount_shift=None):
         raise UserError(f"qemu-system-arm not found on PATH; install it: apt-get install --no-install-recommends {APT_QEMU}")
     if not Path(elf).is_file():
         raise UserError(f"no firmware at {elf}; build it first (s4op-micro build)")
-    code, text, secs = _run_process(qemu_command(elf, board, icount_shift), timeout, f"QEMU {board.qemu_machine}")
+    code, text, secs = _run_process(qemu_command(elf, board, icount_shift, plugin), timeout, f"QEMU {board.qemu_machine}")
     res = _check_run(code, text, secs, f"QEMU {board.qemu_machine}", elf)
     if icount_shift is not None and icount_shift != board.icount_shift:
         factor = Fraction(2 ** board.icount_shift, 2 ** icount_shift)
