@@ -114,6 +114,14 @@ def cmd_run(args):
     target = "host" if args.host else args.emulator or args.runtime
     if not target:
         raise UserError("say where to run: --host, --emulator qemu or --runtime tflm")
+    if getattr(args, "profile", False):
+        if target != "qemu":
+            raise UserError("--profile needs --emulator qemu (it counts the emulator's translated blocks)")
+        from ..measure.profile import format_profile, profile_export
+
+        p = profile_export(args.dir, board=args.board, timeout=args.timeout)
+        emit(args, p.to_dict(), lambda _: format_profile(p))
+        return 0
     runner = resolve_runner(target)
     res = runner(args, load_run_context(args))
     details = getattr(runner, "details", None)  # a runner's own report lines (e.g. costs), if it has any
@@ -152,6 +160,9 @@ def register(sub):
     p.add_argument("--limit", type=int, help="use at most this many test sequences")
     p.add_argument("--board", help="board for --emulator (default: DIR/model.json's board)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per emulator run (default 120)")
+    p.add_argument("--profile", action="store_true",
+                   help="with --emulator qemu: per-phase instructions, MACs and cycle ranges of s4op_step on DIR's "
+                        "embedded test vectors (QEMU plugin)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_run)
 

@@ -257,6 +257,17 @@ def mca_block_cycles(core, blocks, iterations=100):
     return {keys[k]: (many[k] / iterations, float(single[k])) for k in single if k in many}
 
 
+def table_source(core):
+    """cycles_source of a TRM-priced profile."""
+    if core in ("cortex-m0", "cortex-m0plus"):
+        how = "taken branches 2 (BL 3, M0: 3), not taken 1, loads/stores 2 (no pipelining)"
+    else:
+        how = (f"taken branches 1+P with P={P_RANGE[0]}-{P_RANGE[1]}, not taken 1, back-to-back loads/stores "
+               "pipelined all (low) or none (high)")
+    return (f"{TRM_SOURCE[core]}, priced per executed instruction of the QEMU block profile; {how}; "
+            "zero wait states")
+
+
 def cpi_source(board):
     cpi, basis = core_cpi(board)
     return f"instructions x CPI {cpi:g} for {board.cpu} ({basis})"

@@ -387,9 +387,7 @@ def profile_elf(elf, board, model_sources, qmodel=None, timeout=120.0):
     outside = {p: sum(v for k, v in instr.items() if k[0] == p) for p in (HARNESS, *sorted(OUTSIDE_STEP))}
 
     if core in cyc.TABLE_CORES:
-        source = (f"{cyc.TRM_SOURCE[core]}, priced per executed instruction of the QEMU block profile; "
-                  f"taken branches 1+P with P={cyc.P_RANGE[0]}-{cyc.P_RANGE[1]} (M3/M4), load/store pipelining "
-                  "all (low) or none (high); zero wait states")
+        source = cyc.table_source(core)
     elif mca:
         source = (f"llvm-mca ({Path(cyc.llvm_mca()).name}) -mcpu={core} scheduling model per executed block: low = "
                   "steady-state cycles per pass, high = one isolated pass; branch mispredictions not modelled")
