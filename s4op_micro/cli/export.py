@@ -1,7 +1,9 @@
 """Commands: `export`, `run`, `finetune --qat`."""
 
 from ..core.checks import COEFF_BITS
+from ..core.errors import UserError
 from ..deploy import FORMATS, export, run
+from ..measure.profile import profile_export
 from ..quant.qat import qat_finetune
 from .common import add_data_args, at_least, data_source, emit, positive
 
@@ -36,6 +38,12 @@ def format_qemu(r):
 
 def cmd_run(args):
     target = "host" if args.host else args.emulator or args.runtime
+    if args.profile:
+        if target != "qemu":
+            raise UserError("--profile needs --emulator qemu (it counts the emulator's translated blocks)")
+        p = profile_export(args.dir, board=args.board, timeout=args.timeout)
+        emit(args, p.to_dict(), lambda _: format_profile(p))
+        return 0
     res = run(args.dir, target=target, board=args.board, limit=args.limit, timeout=args.timeout, **data_source(args))
     details = format_qemu(res) if target == "qemu" else None
     emit(args, res, lambda r: (
@@ -43,6 +51,30 @@ def cmd_run(args):
         f"(integer reference {r['reference_accuracy']:.4f}, float {r['float_accuracy']:.4f}), "
         f"mismatches vs the integer reference: {r['mismatches']}") + (f"\n{details}" if details else ""))
     return 0 if res["mismatches"] == 0 else 1
+
+
+def format_profile(p):
+    """Human table of a PhaseProfile: per-step instructions, share, MACs, instructions/MAC, cycles."""
+    s = p.steps or 1
+    lines = [f"per-phase profile on {p.board} ({p.cpu}): {p.steps} steps of {p.sequences} sequences",
+             f"{'phase':<10} {'layer':>5} {'insn/step':>10} {'share':>6} {'MACs/step':>10} {'insn/MAC':>8} "
+             f"{'cycles/step (low-high)':>24}"]
+    for r in p.rows:
+        ipm = f"{r.instructions_per_mac:8.2f}" if r.instructions_per_mac else f"{'-':>8}"
+        lay = "all" if r.layer is None else str(r.layer)
+        lines.append(f"{r.phase:<10} {lay:>5} {r.instructions / s:10.1f} {100 * r.share:5.1f}% {r.macs / s:10.1f} {ipm} "
+                     f"{r.cycles_low / s:11.0f} - {r.cycles_high / s:<10.0f}")
+    macs = sum(r.macs for r in p.rows)
+    lines.append(f"{'step':<10} {'':>5} {p.step_instructions / s:10.1f} {100.0:5.1f}% {macs / s:10.1f} "
+                 f"{(p.step_instructions / macs if macs else 0):8.2f} {p.cycles_low / s:11.0f} - {p.cycles_high / s:<10.0f}")
+    lines.append(f"firmware's own count: {p.firmware_instructions / s:.1f} insn/step; profile - firmware = "
+                 f"{p.difference:+d} insn over the run ({p.difference / s:+.2f}/step, "
+                 f"{100 * p.difference / p.firmware_instructions if p.firmware_instructions else 0:+.4f}%)")
+    lines.append("outside the step (not in the total): " + ", ".join(f"{k} {v}" for k, v in p.outside.items()))
+    lines.append(f"cycles: {p.cycles_source}")
+    lines.append(f"branches: {p.branch_method}")
+    lines += [f"note: {n}" for n in p.notes]
+    return "\n".join(lines)
 
 
 def cmd_finetune(args):
@@ -84,6 +116,9 @@ def register(sub):
     p.add_argument("--limit", type=at_least(1), help="use at most this many test sequences (default: all)")
     p.add_argument("--board", help="board for --emulator (default: DIR/model.json's board)")
     p.add_argument("--timeout", type=positive, default=120.0, help="seconds per emulator run (default 120)")
+    p.add_argument("--profile", action="store_true",
+                   help="with --emulator qemu: per-phase instructions, MACs and cycle ranges of s4op_step on DIR's "
+                        "embedded test vectors (QEMU plugin)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_run)
 

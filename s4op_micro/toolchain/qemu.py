@@ -27,22 +27,24 @@ def _records(res, what, elf):
     return RunResult(exit_code=res.returncode, lines=records, raw=text, seconds=res.seconds)
 
 
-def qemu_command(elf, board, icount_shift=None):
+def qemu_command(elf, board, icount_shift=None, plugin=None):
+    """The QEMU command line of a firmware run; plugin: a TCG plugin "FILE,key=value,..." to load."""
     board = get_board(board)
-    return [shutil.which("qemu-system-arm") or "qemu-system-arm", *qemu_args(board, icount_shift), "-kernel", str(elf)]
+    return [shutil.which("qemu-system-arm") or "qemu-system-arm", *qemu_args(board, icount_shift),
+            *(["-plugin", plugin] if plugin else []), "-kernel", str(elf)]
 
 
-def run_qemu(elf, board, timeout=60.0, icount_shift=None):
+def run_qemu(elf, board, timeout=60.0, icount_shift=None, plugin=None):
     """Run firmware built for an emulated board in QEMU (semihosting, -icount). Costs are emulated
     instructions. icount_shift overrides the board's shift; the firmware's conversion assumes the
-    board's, so the costs are rescaled to instructions."""
+    board's, so the costs are rescaled to instructions. plugin: see qemu_command."""
     board = emulated_board(board, "run it in QEMU")
     if not shutil.which("qemu-system-arm"):
         raise UserError(f"qemu-system-arm not found on PATH; install it: apt-get install --no-install-recommends {APT_QEMU}")
     if not Path(elf).is_file():
         raise UserError(f"no firmware at {elf}; build it first (s4op-micro build)")
     what = f"QEMU {board.qemu_machine}"
-    res = _records(run_tool(qemu_command(elf, board, icount_shift), what, check=False, timeout=timeout,
+    res = _records(run_tool(qemu_command(elf, board, icount_shift, plugin), what, check=False, timeout=timeout,
                             on_timeout=FirmwareTimeout), what, elf)
     if icount_shift is not None and icount_shift != board.icount_shift:
         factor = Fraction(2 ** board.icount_shift, 2 ** icount_shift)

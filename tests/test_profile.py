@@ -1,0 +1,99 @@
+"""The measured per-phase profile (s4op_micro.measure.profile): the QEMU plugin is built, a small
+real exported model is profiled on three cores, and the phases add up to the firmware's own
+instruction count."""
+
+import json
+
+import pytest
+
+from s4op_micro.cli import main
+from s4op_micro.core.errors import UserError
+from s4op_micro.deploy import export
+from s4op_micro.cli.export import format_profile
+from s4op_micro.measure import profile as prof
+
+H, N, LAYERS = 8, 8, 2
+STEP_PHASES = ["encoder", "norm", "ssm", "readout", "gelu", "mixer", "glu", "residual", "requant", "pool", "decoder"]
+# the firmware's count includes the harness's call set-up between its two counter reads (5 on
+# ARMv7-M, 8 on ARMv6-M) and, in the step it hits, the SysTick wrap interrupt
+TOLERANCE_PER_STEP = 10
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("profile")
+    assert main(["train", "--dataset", "gunpoint", "--out", str(root / "train"), "--epochs", "2", "--d-model", str(H),
+                 "--d-state", str(N), "--n-layers", str(LAYERS), "--quiet", "--seed", "0"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module", params=["cortex-m4", "cortex-m0plus", "cortex-m7"])
+def profiled(request, model):
+    out = model / request.param
+    export(model / "train" / "model.pt", board=request.param, out=out, test_vectors=2)
+    return out, prof.profile_export(out)
+
+
+def test_plugin_builds_once_for_this_qemu():
+    path = prof.plugin_library()
+    assert path.is_file() and prof.plugin_library() == path
+    assert prof.plugin_api_version(prof.qemu_version()) == (2 if prof.qemu_version()[0] >= 9 else 1)
+
+
+def test_phases_add_up_to_the_firmware_count(profiled):
+    _, p = profiled
+    assert p.steps == 2 * 150 and p.sequences == 2
+    assert sum(r.instructions for r in p.rows) == p.step_instructions
+    assert p.difference == p.step_instructions - p.firmware_instructions
+    assert abs(p.difference) <= TOLERANCE_PER_STEP * p.steps, format_profile(p)
+    assert abs(sum(r.share for r in p.rows) - 1) < 1e-9
+    assert p.outside["harness"] > 0 and p.outside["reset"] > 0   # start-up/output and s4op_reset, not in the step
+
+
+def test_every_phase_present_with_its_macs(profiled):
+    export, p = profiled
+    rows = {r.phase: r for r in p.rows}
+    for phase in STEP_PHASES:
+        assert phase in rows and rows[phase].instructions > 0, f"{phase} missing:\n{format_profile(p)}"
+    modes = LAYERS * H * (N // 2)
+    assert rows["ssm"].macs == 5 * modes * p.steps
+    assert rows["readout"].macs == (2 * modes + LAYERS * H) * p.steps
+    assert rows["mixer"].macs == LAYERS * 2 * H * H * p.steps
+    assert rows["decoder"].macs == 2 * H * p.sequences
+    assert rows["requant"].macs == 0 and rows["requant"].instructions_per_mac is None
+    assert rows["ssm"].instructions_per_mac == pytest.approx(rows["ssm"].instructions / rows["ssm"].macs)
+    # requantization and the 64-bit helpers: on ARMv6-M libgcc's __aeabi_lmul runs for each one,
+    # charged to its caller's phase, so requant is a larger share there
+    assert rows["requant"].share > 0.05
+
+
+def test_cycles_are_ranges_with_their_source(profiled):
+    _, p = profiled
+    assert 0 < p.cycles_low <= p.cycles_high
+    for r in p.rows:
+        assert 0 <= r.cycles_low <= r.cycles_high + 1e-6
+    expected = {"cortex-m4": "Cortex-M4 TRM", "cortex-m0plus": "Cortex-M0+ TRM", "cortex-m7": "llvm-mca"}[p.cpu]
+    assert expected in p.cycles_source
+    # a cycle range within reason of the instruction count: 0.5..3 cycles per instruction
+    assert 0.5 * p.step_instructions < p.cycles_low and p.cycles_high < 3 * p.step_instructions
+    d = json.loads(json.dumps(p.to_dict()))
+    assert d["cycles_source"] and d["difference_per_step"] == pytest.approx(p.difference / p.steps)
+    text = format_profile(p)
+    assert "firmware's own count" in text and "ssm" in text and p.cycles_source in text
+
+
+def test_source_phases_convention():
+    text = "int a;\n/* @phase ssm */\nx();\n/* @phase mixer layer=1 */\ny();\n/* @phase caller */\nz();\n"
+    assert prof.source_phases(text) == [("other", None), ("ssm", None), ("ssm", None), ("mixer", 1), ("mixer", 1),
+                                        ("caller", None), ("caller", None)]
+
+
+def test_generated_model_carries_the_markers(profiled):
+    export, _ = profiled
+    names = {ph for ph, _ in prof.source_phases((export / "src" / "s4op_model.c").read_text())}
+    assert set(STEP_PHASES) <= names and {"reset", "api", "caller"} <= names
+
+
+def test_incomplete_plugin_output_is_an_error():
+    with pytest.raises(UserError, match="no complete profile"):
+        prof.parse_plugin_output("S4OPPROF 1\nB 0 100 1 1 100\n")
