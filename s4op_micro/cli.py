@@ -17,6 +17,7 @@ from .errors import UserError
 COMMAND_MODULES = [
     "s4op_micro.data",
     "s4op_micro.train",
+    "s4op_micro.import_command",
     "s4op_micro.prune",
     "s4op_micro.export.commands",
     "s4op_micro.boards",

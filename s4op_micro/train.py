@@ -191,24 +191,42 @@ def load_data_for(ckpt, args):
         name, path = rec.get("name"), rec.get("data")
     data = load_dataset(name=name, data=path, root=getattr(args, "root", None) or rec.get("root"),
                         max_train=getattr(args, "max_train", None))
+    return fit_data_to(ckpt, data)
+
+
+def fit_data_to(ckpt, data):
+    """Check that `data` fits the checkpoint's model and put it through the checkpoint's normalization."""
     cfg = ckpt["config"]
+    if bool(cfg.get("vocab_size")) != bool(data.vocab_size):
+        kinds = ("tokens", "real-valued sequences")
+        raise UserError(f"the model takes {kinds[not cfg.get('vocab_size')]} but the data holds {kinds[not data.vocab_size]}; "
+                        "pass the dataset it was trained on")
+    if cfg.get("vocab_size") and data.vocab_size > cfg["vocab_size"]:
+        raise UserError(f"data has a vocabulary of {data.vocab_size} tokens but the model's embedding has {cfg['vocab_size']}; "
+                        "pass the dataset it was trained on")
     if not cfg.get("vocab_size") and data.n_channels != cfg["d_input"]:
         raise UserError(f"data has {data.n_channels} input channels but the model expects {cfg['d_input']}; pass the dataset it was trained on")
     if data.n_classes > cfg["n_classes"]:
         raise UserError(f"data has {data.n_classes} classes but the model has {cfg['n_classes']}; pass the dataset it was trained on")
+    if cfg.get("pooling") == "causal_half" and data.seq_len != cfg.get("seq_len"):
+        raise UserError(f"data has sequences of length {data.seq_len} but the model's causal_half pooling starts at "
+                        f"step {cfg.get('seq_len')}//2 of length {cfg.get('seq_len')}; pass the dataset it was trained on")
     renormalize(data, data.normalization, ckpt["normalization"])
     return data
 
 
 def renormalize(data, current, wanted):
-    """Re-express normalized inputs under another (the checkpoint's) normalization, in place."""
+    """Re-express normalized inputs under another (the checkpoint's) normalization, in place; afterwards
+    data.normalization is `wanted`. An imported model records the identity (mean 0, std 1): it gets
+    the raw inputs, as its original code fed it."""
     if not current or not wanted or current == wanted:
         return
-    m0, s0 = np.asarray(current["mean"], np.float32), np.asarray(current["std"], np.float32)
-    m1, s1 = np.asarray(wanted["mean"], np.float32), np.asarray(wanted["std"], np.float32)
+    m0, s0 = np.asarray(current["mean"], np.float64), np.asarray(current["std"], np.float64)
+    m1, s1 = np.asarray(wanted["mean"], np.float64), np.asarray(wanted["std"], np.float64)
     for split in ("x_train", "x_val", "x_test"):
-        x = getattr(data, split)
+        x = getattr(data, split).astype(np.float64)  # float64: the raw values come back to float32 rounding
         setattr(data, split, (((x * s0 + m0) - m1) / s1).astype(np.float32))
+    data.normalization = wanted
 
 
 # --- commands ---------------------------------------------------------------------------------
