@@ -2,6 +2,9 @@
 
     train -> prune (s4op, then guided) -> export (C + TFLM) -> build -> emulate (QEMU) -> tflm
 
+With --model CHECKPOINT (e.g. from `s4op-micro import`) the train stage evaluates that checkpoint
+instead of training one, and the later stages start from it.
+
 Each stage runs the same code as its own subcommand (in-process, with --json) and writes into
 RUN/<stage>/; its JSON result is recorded in RUN/stages.json. A recorded stage is not redone unless
 named in --redo, which also redoes every stage after it. Two models go through export and the
@@ -52,8 +55,10 @@ def choose_pruned(run, base_accuracy, max_drop):
 def stage_commands(stage, args, run, results):
     """The subcommands (argv lists) one stage runs, keyed by what they are for."""
     data = ["--dataset", args.dataset] if args.dataset else ["--data", args.data]
-    base = str(run / "train" / "model.pt")
+    base = str(Path(args.model).resolve()) if getattr(args, "model", None) else str(run / "train" / "model.pt")
     board = ["--board", args.board]
+    if stage == "train" and getattr(args, "model", None):
+        return {"base": ["eval", base, *data]}
     if stage == "train":
         return {"base": ["train", *data, "--out", str(run / "train"), "--force", "--seed", str(args.seed),
                          *(["--epochs", str(args.epochs)] if args.epochs else [])]}
@@ -163,6 +168,10 @@ def cmd_pipeline(args):
     record_path = run / "stages.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     inputs = {"dataset": args.dataset, "data": args.data, "board": args.board}
+    if args.model:
+        if not Path(args.model).is_file():
+            raise UserError(f"--model {args.model} not found; pass a checkpoint from `s4op-micro train` or `import`")
+        inputs["model"] = str(Path(args.model).resolve())
     if record.get("inputs") not in (None, inputs) and "train" not in args.redo:
         raise UserError(f"{run} holds a run with other inputs ({record['inputs']}); pass another --out or --redo train")
     record["inputs"] = inputs
@@ -193,6 +202,7 @@ def register(sub):
     g.add_argument("--dataset")
     g.add_argument("--data")
     p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--model", help="start from this checkpoint (e.g. from `s4op-micro import`) instead of training one")
     p.add_argument("--board", default="cortex-m7", help="target board or core (default cortex-m7)")
     p.add_argument("--redo", nargs="*", default=[], choices=STAGES, help="redo these stages (and those after them)")
     p.add_argument("--epochs", type=int, help="training epochs (default: per dataset)")

@@ -8,6 +8,8 @@ steps on raw GunPoint sequences (neither code base normalizes its inputs), saved
 code saves it, imported, and compared with the original module: same predictions, logits within 1e-4.
 """
 
+import contextlib
+import io
 import json
 import math
 
@@ -315,7 +317,9 @@ def imported(saved, tmp_path_factory):
             argv += ["--seq-len", "150"]  # no shipped token set: no dataset recorded
         else:
             argv += ["--dataset", "gunpoint"]
-        assert main(argv) == 0, name
+        with contextlib.redirect_stdout(io.StringIO()) as buf:
+            assert main(argv) == 0, name
+        assert json.loads(buf.getvalue())["model"] == str(root / name / "model.pt")
         out[name] = root / name / "model.pt"
     return out
 
@@ -371,6 +375,29 @@ def test_finetune_takes_an_imported_model(imported, tmp_path, capsys):
     model, ckpt = load_model(out / "model.pt")
     assert model.active_operators == load_model(imported["s4op-batch-pruned"])[0].active_operators
     assert ckpt["normalization"] == {"mean": [0.0], "std": [1.0]}
+
+
+def test_prune_takes_an_imported_pruned_model(imported, tmp_path, capsys):
+    """S4oP's own pruning is the starting point: 17 of 32 operators already bypassed."""
+    out = tmp_path / "pr"
+    code, stdout, err = run_cli(capsys, "prune", imported["s4op-batch-pruned"], "--strategy", "s4op", "--rates", "0.7",
+                                "--seeds", 1, "--finetune-epochs", 1, "--out", out, "--quiet", "--json")
+    assert code == 0, err
+    model, ckpt = load_model(out / "pruned_70.pt")
+    assert sum(len(a) for a in model.active_operators) < 17 and ckpt["normalization"] == {"mean": [0.0], "std": [1.0]}
+
+
+def test_pipeline_starts_from_an_imported_checkpoint(imported, tmp_path):
+    """pipeline --model: the train stage evaluates the checkpoint; prune and export start from it."""
+    import argparse
+
+    from s4op_micro.pipeline import stage_commands
+
+    args = argparse.Namespace(model=str(imported["s4op-batch-pruned"]), dataset="gunpoint", data=None, board="cortex-m7",
+                              seed=0, epochs=None, rates="0.7", seeds=1, finetune_epochs=1)
+    cmds = stage_commands("train", args, tmp_path, {})
+    assert cmds == {"base": ["eval", str(imported["s4op-batch-pruned"].resolve()), "--dataset", "gunpoint"]}
+    assert stage_commands("prune-s4op", args, tmp_path, {})["s4op"][1] == str(imported["s4op-batch-pruned"].resolve())
 
 
 def test_eval_without_a_recorded_dataset_asks_for_one(imported, capsys):

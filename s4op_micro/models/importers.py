@@ -208,8 +208,8 @@ def check_signature(state, fmt, path):
 
 class ShapeReader:
     """Takes keys from a foreign state dict, checks each shape against named sizes (H, N/2, d_in,
-    classes, vocab, K<i>; bound by the first key that shows them, '2H' derived), and collects the
-    renamed tensors in `out`. `finish()` rejects any key that no reader took."""
+    classes, vocab, K<i>: bound by the first key that shows them; 2H derived from H), and collects
+    the renamed tensors in `out`. `finish()` rejects any key that no reader took."""
 
     def __init__(self, state, fmt):
         self.state, self.fmt = state, fmt
@@ -225,10 +225,8 @@ class ShapeReader:
             raise UserError(f"{self.fmt} checkpoint: {key} has shape {shape}, expected ({self._describe(dims, expected)})"
                             f"{self._sources(dims)}")
         for d, s in zip(dims, shape):
-            if isinstance(d, str) and d not in self.dims and not d.startswith("2"):
+            if isinstance(d, str) and d != "2H" and d not in self.dims:
                 self.dims[d], self.origin[d] = s, key
-        if "2H" in dims and "H" not in self.dims:
-            self.dims["H"], self.origin["H"] = shape[dims.index("2H")] // 2, key
         self.used.add(key)
         if to is not None:
             self.out[to] = (t[rows] if rows is not None else t).detach().clone()
