@@ -464,6 +464,7 @@ def test_bad_inputs(saved, imported, tmp_path, capsys):
     bad(saved["s4op-batch-pruned"]["path"], s4op, "--seq-len", "--pooling", "causal_half")
     bad(saved["s4op-batch-pruned"]["path"], s4op, "input channels", "--dataset", "basicmotions")
     bad(saved["s4op-tokens"]["path"], s4op, "takes tokens", "--dataset", "gunpoint")
+    bad(saved["s4op-batch-pruned"]["path"], s4op, "not a probability", "--dropout", "1.5")
     with pytest.raises(UserError, match="unknown checkpoint format"):
         import_checkpoint(saved["s4op-tokens"]["path"], "keras")
 

@@ -12,7 +12,7 @@ post-norm, pooling, dropout, the fixed sequence length) comes in as keyword argu
   A channel outside active_idx is bypassed (y = u): our `active_operators`.
 
 Neither code base normalizes its inputs: the imported model takes the raw sequences
-(`IDENTITY` normalization). Every problem with the file is a one-line UserError naming what was
+(`identity_normalization`: mean 0, std 1). Every problem with the file is a one-line UserError naming what was
 expected. Pure functions: no data, no output files.
 """
 
@@ -60,6 +60,8 @@ def import_checkpoint(path, fmt, *, prenorm=False, pooling="mean", dropout=None,
     if pooling == "causal_half" and not (seq_len and seq_len >= 2):
         raise UserError("causal_half pooling starts its running sum at step L//2 of a fixed length L; "
                         "pass the dataset (--dataset/--data) or --seq-len")
+    if dropout is not None and not 0 <= dropout < 1:
+        raise UserError(f"--dropout {dropout} is not a probability; pass a value in [0, 1)")
     state, extras = read_state_dict(path)
     check_signature(state, fmt, path)
     reader = ShapeReader(state, fmt)
