@@ -2,6 +2,9 @@
 
     train -> prune (s4op, then guided) -> export (C + TFLM) -> build -> emulate (QEMU) -> tflm
 
+With model= (a checkpoint, e.g. from `s4op-micro import`) the train stage evaluates it instead of
+training one, and the later stages start from it.
+
 Each stage calls the same typed function as its own subcommand and writes into RUN/<stage>/; its
 result is recorded in RUN/stages.json with a key made of every input that produced it (its
 options, the data file's content, the checkpoint it read, the s4op-micro version, and the key of
@@ -28,7 +31,7 @@ from .core.progress import log
 from .data import load_dataset
 from .prune.api import PruneOptions, parse_rates, prune
 from .toolchain.build import build
-from .train import train
+from .train import evaluate_checkpoint, train
 
 STAGES = ["train", "prune-s4op", "prune-guided", "export", "build", "emulate", "tflm"]
 MODELS = ("base", "pruned")
@@ -47,6 +50,12 @@ class PipelineOptions:
     limit: int = None              # test sequences for the firmware and TFLM stages (None: all)
     seed: int = 0
     redo: list = field(default_factory=list)
+    model: str = None              # start from this checkpoint (e.g. from `s4op-micro import`) instead of training
+
+
+def base_checkpoint(o, run):
+    """The model the job prunes and deploys: --model's checkpoint, or the one the train stage writes."""
+    return Path(o.model).resolve() if o.model else run / "train" / "model.pt"
 
 
 def validate(o, run):
@@ -64,6 +73,8 @@ def validate(o, run):
     unknown = [s for s in o.redo if s not in STAGES]
     if unknown:
         raise UserError(f"--redo {unknown[0]!r} is not a stage; stages: {', '.join(STAGES)}")
+    if o.model and not Path(o.model).is_file():
+        raise UserError(f"--model {o.model} not found; pass a checkpoint from `s4op-micro train` or `import`")
     if run.exists() and not (run / "stages.json").is_file() and any(run.iterdir()):
         raise UserError(f"{run} holds files that are not a pipeline run (no stages.json); pass another --out")
     if not run.exists():
@@ -84,10 +95,11 @@ def stage_inputs(stage, o, run, previous_key):
     common = {"version": __version__, "after": previous_key}
     if stage == "train":
         data = {"dataset": o.dataset} if o.dataset else {"data": str(o.data), "data_sha256": _file_hash(o.data)}
-        return {**common, **data, "epochs": o.epochs, "seed": o.seed}
+        model = {"model": str(o.model), "model_sha256": _file_hash(o.model)} if o.model else {}
+        return {**common, **data, **model, "epochs": o.epochs, "seed": o.seed}
     if stage.startswith("prune-"):
         return {**common, "rates": o.rates, "seeds": o.seeds, "finetune_epochs": o.finetune_epochs, "seed": o.seed,
-                "board": o.board, "checkpoint_sha256": _file_hash(run / "train" / "model.pt")}
+                "board": o.board, "checkpoint_sha256": _file_hash(base_checkpoint(o, run))}
     if stage == "export":
         return {**common, "board": o.board, "max_drop": o.max_drop}
     if stage == "build":
@@ -111,8 +123,10 @@ def choose_pruned(run, base, max_drop):
 
 def run_stage(stage, o, run, results):
     data = {"dataset": o.dataset, "data": o.data}
-    base = run / "train" / "model.pt"
+    base = base_checkpoint(o, run)
     exports = {"base": run / "export" / "base", "pruned": run / "export" / "pruned"}
+    if stage == "train" and o.model:
+        return {"base": dict(evaluate_checkpoint(base, **data), model=str(base))}
     if stage == "train":
         return {"base": train(out=run / "train", epochs=o.epochs, seed=o.seed, force=True, **data).to_dict()}
     if stage.startswith("prune-"):

@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from .core.errors import UserError
-from .core.outdir import atomic_output_dir
+from .core.outdir import atomic_output_dir, check_output_path
 from .core.progress import bar as progress_bar
 from .data import load_dataset
 from .models import SequenceClassifier
 from .models.checkpoint import load_model, save_checkpoint
+from .models.importers import identity_normalization, import_checkpoint
 
 VAL_FRACTION = 0.2  # of the training sequences, carved off for checkpoint selection
 
@@ -170,14 +171,17 @@ def fit(model, data, epochs, lr, batch_size=32, weight_decay=0.01, seed=0, patie
 
 
 def renormalize(data, current, wanted):
-    """Re-express normalized inputs under another (the checkpoint's) normalization, in place."""
+    """Re-express normalized inputs under another (the checkpoint's) normalization, in place; afterwards
+    data.normalization is `wanted`. An imported model records the identity (mean 0, std 1): it gets
+    the raw inputs, as its original code fed it."""
     if not current or not wanted or current == wanted:
         return
-    m0, s0 = np.asarray(current["mean"], np.float32), np.asarray(current["std"], np.float32)
-    m1, s1 = np.asarray(wanted["mean"], np.float32), np.asarray(wanted["std"], np.float32)
+    m0, s0 = np.asarray(current["mean"], np.float64), np.asarray(current["std"], np.float64)
+    m1, s1 = np.asarray(wanted["mean"], np.float64), np.asarray(wanted["std"], np.float64)
     for split in ("x_train", "x_val", "x_test"):
-        x = getattr(data, split)
+        x = getattr(data, split).astype(np.float64)  # float64: the raw values come back to float32 rounding
         setattr(data, split, (((x * s0 + m0) - m1) / s1).astype(np.float32))
+    data.normalization = wanted
 
 
 # --- dataset <-> checkpoint -------------------------------------------------------------------
@@ -202,15 +206,28 @@ def load_data_for(ckpt, dataset=None, data=None, root=None, max_train=None):
     if not dataset and not data:
         dataset, data = rec.get("name"), rec.get("data")
     loaded = load_dataset(name=dataset, data=data, root=root or rec.get("root"), max_train=max_train)
+    return fit_data_to(ckpt, loaded)
+
+
+def fit_data_to(ckpt, data):
+    """Check that `data` fits the checkpoint's model and put it through the checkpoint's normalization."""
     cfg = ckpt["config"]
-    if not cfg.get("vocab_size") and loaded.n_channels != cfg["d_input"]:
-        raise UserError(f"data has {loaded.n_channels} input channels but the model expects {cfg['d_input']}; "
+    if bool(cfg.get("vocab_size")) != bool(data.vocab_size):
+        kinds = ("tokens", "real-valued sequences")
+        raise UserError(f"the model takes {kinds[not cfg.get('vocab_size')]} but the data holds {kinds[not data.vocab_size]}; "
                         "pass the dataset it was trained on")
-    if loaded.n_classes > cfg["n_classes"]:
-        raise UserError(f"data has {loaded.n_classes} classes but the model has {cfg['n_classes']}; "
+    if cfg.get("vocab_size") and data.vocab_size > cfg["vocab_size"]:
+        raise UserError(f"data has a vocabulary of {data.vocab_size} tokens but the model's embedding has {cfg['vocab_size']}; "
                         "pass the dataset it was trained on")
-    renormalize(loaded, loaded.normalization, ckpt["normalization"])
-    return loaded
+    if not cfg.get("vocab_size") and data.n_channels != cfg["d_input"]:
+        raise UserError(f"data has {data.n_channels} input channels but the model expects {cfg['d_input']}; pass the dataset it was trained on")
+    if data.n_classes > cfg["n_classes"]:
+        raise UserError(f"data has {data.n_classes} classes but the model has {cfg['n_classes']}; pass the dataset it was trained on")
+    if cfg.get("pooling") == "causal_half" and data.seq_len != cfg.get("seq_len"):
+        raise UserError(f"data has sequences of length {data.seq_len} but the model's causal_half pooling starts at "
+                        f"step {cfg.get('seq_len')}//2 of length {cfg.get('seq_len')}; pass the dataset it was trained on")
+    renormalize(data, data.normalization, ckpt["normalization"])
+    return data
 
 
 # --- the stage --------------------------------------------------------------------------------
@@ -283,3 +300,42 @@ def checkpoint_info(model):
             "removed_operators": float_model.removed_operators,
             "operators_kept": [len(a) for a in float_model.active_operators],
             "operators_total": H * len(float_model.layers), "pruning": ckpt.get("pruning")}
+
+
+# --- models from other code bases ------------------------------------------------------------
+
+def import_model(checkpoint, *, fmt, out, prenorm=False, pooling="mean", dropout=None, seq_len=None, force=False,
+                 dataset=None, data=None, root=None, max_train=None):
+    """A checkpoint of state-spaces/s4 example.py or PARCO-LAB/S4oP (fmt "s4-example" | "s4op") ->
+    OUT/model.pt, a normal s4op-micro checkpoint. The conversion is models.importers (pure); here
+    the data side: the dataset named (if any) is recorded, checked against the model and scored.
+    The recorded normalization is the identity: the original code fed the model raw inputs, and so
+    does the data pipeline for this checkpoint (renormalize undoes the dataset's own normalization)."""
+    check_output_path(out, force)
+    if seq_len is not None and seq_len < 2:
+        raise UserError(f"--seq-len {seq_len} is too short; pass the fixed sequence length (>= 2)")
+    loaded = None
+    if dataset or data:
+        loaded = load_dataset(name=dataset, data=data, root=root, max_train=max_train)
+        if seq_len is not None and seq_len != loaded.seq_len:
+            raise UserError(f"--seq-len {seq_len} disagrees with the data's sequence length {loaded.seq_len}; drop --seq-len")
+        seq_len = loaded.seq_len
+    model, meta = import_checkpoint(checkpoint, fmt, prenorm=prenorm, pooling=pooling, dropout=dropout, seq_len=seq_len)
+    cfg = model.config
+    if loaded is not None:
+        record = dataset_record(loaded, data, root)
+    else:
+        record = {"name": None, "data": None, "root": None, "n_channels": cfg["d_input"], "seq_len": seq_len,
+                  "n_classes": cfg["n_classes"], "vocab_size": cfg["vocab_size"], "class_names": [],
+                  "source": "none recorded: pass --dataset/--data to eval, prune, finetune and export"}
+    ckpt = {"config": cfg, "normalization": identity_normalization(model), "dataset": record}
+    metrics = {"imported": meta}
+    if loaded is not None:
+        fit_data_to(ckpt, loaded)  # raises on a mismatch; then the data is raw, as the original saw it
+        test = evaluate(model, loaded.x_test, loaded.y_test)
+        metrics.update(test_accuracy=test["accuracy"], test_loss=test["loss"], val_accuracy=None)
+    with atomic_output_dir(out, force=force) as tmp:
+        save_checkpoint(tmp / "model.pt", model, ckpt["normalization"], record, metrics)
+    return {"model": str(Path(out) / "model.pt"), "format": fmt, "config": cfg, "params": n_params(model),
+            "operators_active": [len(a) for a in model.active_operators], "operators_total": cfg["d_model"] * cfg["n_layers"],
+            "dataset": loaded.name if loaded is not None else None, "accuracy": metrics.get("test_accuracy")}

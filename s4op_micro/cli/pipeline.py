@@ -7,7 +7,7 @@ from .common import at_least, emit
 def cmd_pipeline(args):
     o = PipelineOptions(dataset=args.dataset, data=args.data, board=args.board, epochs=args.epochs, rates=args.rates,
                         seeds=args.seeds, finetune_epochs=args.finetune_epochs, max_drop=args.max_drop,
-                        limit=args.limit, seed=args.seed, redo=args.redo)
+                        limit=args.limit, seed=args.seed, redo=args.redo, model=args.model)
     res = pipeline(out=args.out, options=o)
     emit(args, {k: v for k, v in res.items() if k != "table"}, lambda r: res["table"])
     return 0
@@ -23,6 +23,7 @@ def register(sub):
     g.add_argument("--dataset", help="a shipped dataset (see `s4op-micro datasets`)")
     g.add_argument("--data", help="your own .npz with x_train, y_train, x_test, y_test")
     p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--model", help="start from this checkpoint (e.g. from `s4op-micro import`) instead of training one")
     p.add_argument("--board", default=d.board, help=f"target board or core with a QEMU machine (default {d.board})")
     p.add_argument("--redo", nargs="*", default=[], choices=STAGES, help="redo these stages (and those after them)")
     p.add_argument("--epochs", type=at_least(1), help="training epochs, >= 1 (default: per dataset)")

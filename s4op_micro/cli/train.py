@@ -1,8 +1,10 @@
-"""Commands: `datasets`, `train`, `eval`, `info`."""
+"""Commands: `datasets`, `train`, `eval`, `info`, `import`."""
 
 from ..data import list_datasets
+from ..models.classifier import POOLINGS
+from ..models.importers import FORMATS
 from ..models.layer import KERNELS
-from ..train import AUGMENTATIONS, VAL_FRACTION, checkpoint_info, evaluate_checkpoint, train
+from ..train import AUGMENTATIONS, VAL_FRACTION, checkpoint_info, evaluate_checkpoint, import_model, train
 from .common import add_data_args, at_least, data_source, emit, in_range, positive
 
 
@@ -102,3 +104,42 @@ def register(sub):
     p.add_argument("model", help="checkpoint (model.pt)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_info)
+
+    register_import(sub)
+
+
+def cmd_import(args):
+    result = import_model(args.checkpoint, fmt=args.format, out=args.out, prenorm=args.prenorm, pooling=args.pooling,
+                          dropout=args.dropout, seq_len=args.seq_len, force=args.force, **data_source(args))
+
+    def human(r):
+        c = r["config"]
+        kind = f"{c['norm']}norm {'pre' if c['prenorm'] else 'post'}-norm, {c['pooling']} pooling"
+        acc = (f"; test accuracy {r['accuracy']:.4f} on {r['dataset']}" if r["accuracy"] is not None
+               else "; no dataset recorded (pass --dataset/--data to eval/prune/export)")
+        return (f"imported {args.format} {args.checkpoint}: s4d x{c['n_layers']}, H={c['d_model']}, N={c['d_state']}, "
+                f"{sum(r['operators_active'])}/{r['operators_total']} operators active, {kind}, {r['params']} parameters"
+                f"{acc} -> {r['model']}")
+
+    emit(args, result, human)
+    return 0
+
+
+def register_import(sub):
+    p = sub.add_parser("import", help="convert a state-spaces/s4 example.py or S4oP checkpoint",
+                       description="Convert a checkpoint of state-spaces/s4 example.py (S4Model + S4D) or PARCO-LAB/S4oP "
+                                   "(S4D + LayerS4D) into DIR/model.pt, which eval, info, prune, finetune and export take. "
+                                   "Sizes come from the tensor shapes; the rest from the flags below.")
+    p.add_argument("checkpoint", help="the .pt/.pth file the original code saved")
+    p.add_argument("--format", required=True, choices=FORMATS, help="the code base that wrote it")
+    p.add_argument("--out", required=True, help="output directory (gets model.pt)")
+    p.add_argument("--force", action="store_true", help="replace an existing output directory made by s4op-micro")
+    p.add_argument("--prenorm", action="store_true", help="the model was built with pre-norm blocks (default post-norm)")
+    p.add_argument("--pooling", choices=POOLINGS, default="mean",
+                   help="mean over all steps (default), or causal_half (S4oP: mean over steps L//2 .. L-1)")
+    p.add_argument("--dropout", type=in_range(0, 1), help="the model's dropout, kept for fine-tuning (default: example.py's 0.1; "
+                                                 "S4oP 0.0)")
+    p.add_argument("--seq-len", type=at_least(2), help="fixed sequence length (default: the dataset's; causal_half needs one)")
+    add_data_args(p, required=False)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_import)

@@ -81,10 +81,13 @@ class S4DKernel(nn.Module):
         state_dict.setdefault(prefix + "mode_mask", torch.ones_like(self.mode_mask))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def continuous(self):
+        """(dt (H, 1), A (H, N//2) complex)."""
+        return torch.exp(self.log_dt).unsqueeze(-1), -torch.exp(self.log_A_real) + 1j * self.A_imag
+
     def recurrence(self):
         """Discrete diagonal recurrence (dA, dB, C), complex (H, N//2); pruned modes have C = 0."""
-        dt = torch.exp(self.log_dt).unsqueeze(-1)
-        A = -torch.exp(self.log_A_real) + 1j * self.A_imag
+        dt, A = self.continuous()
         dA, dB = discretize(A * dt, A, dt, self.disc)
         return dA, dB, torch.view_as_complex(self.C) * self.mode_mask
 
@@ -94,6 +97,14 @@ class S4DKernel(nn.Module):
         return dA, dB, C, 0.0
 
     def forward(self, L):
+        if self.disc == "zoh":  # s4d.py's arithmetic, operation for operation: the same float kernel
+            dt, A = self.continuous()
+            dtA = A * dt
+            C = torch.view_as_complex(self.C) * self.mode_mask
+            C = C * (torch.exp(dtA) - 1.0) / A
+            powers = torch.exp(dtA.unsqueeze(-1) * torch.arange(L, device=A.device))  # (H N L)
+            return 2 * torch.einsum("hn,hnl->hl", C, powers).real
+        # bilinear: dA^l through log(dA) (exact for integer l: the 2*pi*i branch cut drops out)
         dA, dB, C = self.recurrence()
-        powers = torch.exp(torch.log(dA).unsqueeze(-1) * torch.arange(L, device=dA.device))  # (H N L)
+        powers = torch.exp(torch.log(dA).unsqueeze(-1) * torch.arange(L, device=dA.device))
         return 2 * torch.einsum("hn,hnl->hl", C * dB, powers).real

@@ -14,7 +14,7 @@ What happens here (all exact algebra, checked against `SequenceClassifier.forwar
   a post-norm BatchNorm after the residual add becomes a per-channel affine (`post_scale`,
   `post_shift`) on r = h + z.
 
-LayerNorm and token embeddings are refused (UserError): BatchNorm is the MCU default.
+LayerNorm, token embeddings and causal_half pooling are refused (UserError): BatchNorm is the MCU default.
 `run_float` streams a FloatGraph over (n, L, C) inputs, vectorized over sequences, and records
 the ranges calibration needs (per tensor min/max, per mode max |state|).
 """
@@ -83,6 +83,9 @@ def check_supported(model):
     if isinstance(model.encoder, nn.Embedding):
         raise UserError("unsupported layer: Embedding (token inputs); the integer export takes real-valued "
                         "sequences (train without a vocabulary)")
+    if model.config.get("pooling", "mean") != "mean":
+        raise UserError(f"unsupported pooling: {model.config['pooling']}; the integer export implements mean "
+                        "pooling only (import or train the model with --pooling mean)")
     for norm in model.norms:
         if isinstance(norm, nn.LayerNorm):
             raise UserError("unsupported layer: LayerNorm; train with --norm batch (BatchNorm folds into the "
