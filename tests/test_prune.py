@@ -19,6 +19,7 @@ from s4op_micro.errors import UserError
 from s4op_micro.models import SequenceClassifier
 from s4op_micro.prune import finetune, importance, latency
 from s4op_micro.prune.controller import exponential_budget
+from s4op_micro.prune.recipe import FinetuneRecipe
 from s4op_micro.prune.operators import (Decision, Lineage, apply, effective_params, operators_kept,
                                         pruned_fraction, summary)
 
@@ -451,8 +452,9 @@ def test_qat_hook_passes_the_fake_quantized_forward_to_fit(tiny_model, monkeypat
     full = load_dataset(name="gunpoint")  # the fake-quantized forward streams step by step: a few sequences
     data = dataclasses.replace(full, x_train=full.x_train[:12], y_train=full.y_train[:12], x_val=full.x_val[:4],
                                y_val=full.y_val[:4])
-    task = dict(model=finetune.pack(model), epochs=1, lr=1e-3, batch_size=6, seed=0, patience=None,
-                progress=False, desc="qat", device="cpu", qat=True, coeff_bits=8, augment=())
+    recipe = FinetuneRecipe.guided(0.01, batch_size=6, epochs=1, patience=None)
+    task = dict(model=finetune.pack(model), recipe=recipe, seed=0, progress=False, desc="qat", device="cpu", qat=True,
+                coeff_bits=8)
     history = finetune.finetune_task(task, data)["history"]
     assert sum(calls) >= len(data.x_train) and 0 <= history["val_accuracy"] <= 1
     monkeypatch.delattr(qat, "make_qat_forward")

@@ -2,7 +2,9 @@
 
 Checks every input before any work (one-line UserError, exit 2, no output written), prunes with the
 chosen strategy, and writes DIR/pruned_<pct>.pt per kept model (the `pruning` key records the
-strategy, the rate and what went, step by step), DIR/pareto.json and DIR/pareto.png.
+strategy, the rate, what went, step by step, and the fine-tune recipe), DIR/pareto.json and DIR/pareto.png.
+The fine-tunes follow recipe.FinetuneRecipe: S4oP's published one for s4op, guided's own for guided;
+--finetune-epochs, --patience, --lr, --seeds and --batch-size override it (and are recorded).
 """
 
 import sys
@@ -22,8 +24,7 @@ from .importance import SCORES
 from .latency import ORACLES, make_oracle
 from .operators import Lineage, effective_params, operators_kept, pruned_fraction, summary
 from .parallel import Executor
-
-FINETUNE_LR_FACTOR = 0.1  # fine-tunes start at a tenth of the training learning rate
+from .recipe import FinetuneRecipe, parse_seeds
 
 
 def parse_rates(text):
@@ -57,26 +58,46 @@ def settings_from(args, model, ckpt, start_rate, log):
     if start_rate > rates[0] + 1e-9:
         raise UserError(f"{args.model} is already pruned to {start_rate:.1%} of its state, beyond the first rate "
                         f"{rates[0]:.0%}; pass --rates above {start_rate:.0%}")
-    for name in ("seeds", "finetune_epochs", "workers"):
-        if getattr(args, name) < 1:
+    for name in ("finetune_epochs", "workers", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.patience is not None and args.patience < 0:
+        raise UserError("--patience must be 0 or more (epochs)")
+    if args.lr is not None and args.lr <= 0:
+        raise UserError("--lr must be positive")
     if args.target_cycles is not None and args.target_cycles <= 0:
         raise UserError("--target-cycles must be positive (cycles per timestep)")
     if args.target_ratio is not None and not 0 < args.target_ratio < 1:
         raise UserError("--target-ratio is the fraction of the unpruned model's cycles to reach, in (0, 1)")
     if args.strategy == "s4op" and (args.max_drop is not None or args.target_cycles or args.target_ratio):
         raise UserError("--max-drop/--target-cycles/--target-ratio steer --strategy guided; s4op runs every rate")
-    hp = {**GENERIC_DEFAULTS, **ckpt["metrics"].get("hyperparameters", {})}
     max_drop = args.max_drop
     if args.strategy == "guided" and max_drop is None and not args.rates and not (args.target_cycles or args.target_ratio):
         max_drop = 1.0  # guided on its own: prune until it costs a point of accuracy
     return Settings(
-        strategy=args.strategy, rates=rates, seeds=args.seeds, finetune_epochs=args.finetune_epochs,
-        patience=args.patience, lr=args.lr or hp["lr"] * FINETUNE_LR_FACTOR, batch_size=args.batch_size or hp["batch_size"],
-        augment=parse_augment(hp["augment"]),
-        score=args.score, granularity=parse_granularity(args.granularity, args.strategy, model.config["ssm"]),
-        max_drop=max_drop, target_cycles=args.target_cycles, seed=args.seed, device=check_device(args.device),
+        recipe=recipe_from(args, ckpt), strategy=args.strategy, rates=rates, score=args.score,
+        granularity=parse_granularity(args.granularity, args.strategy, model.config["ssm"]),
+        max_drop=max_drop, target_cycles=args.target_cycles, device=check_device(args.device),
         qat=args.qat, coeff_bits=args.coeff_bits, bars=not args.quiet, log=log)
+
+
+OVERRIDES = {"--finetune-epochs": "finetune_epochs", "--patience": "patience", "--lr": "lr", "--seeds": "seeds",
+             "--batch-size": "batch_size"}
+
+
+def recipe_from(args, ckpt):
+    """The strategy's fine-tune recipe (s4op: published, per dataset; guided: its own, from the
+    training's hyperparameters), with the flags given on the command line in place of its values."""
+    hp = {**GENERIC_DEFAULTS, **ckpt["metrics"].get("hyperparameters", {})}
+    given = dict(epochs=args.finetune_epochs, patience=args.patience, lr=args.lr,
+                 seeds=None if args.seeds is None else parse_seeds(args.seeds))
+    batch_size = args.batch_size or hp["batch_size"]
+    if args.strategy == "s4op":
+        dataset = args.dataset or (None if args.data else ckpt["dataset"].get("name"))
+        recipe = FinetuneRecipe.published_s4op(dataset, batch_size, **given)
+    else:
+        recipe = FinetuneRecipe.guided(hp["lr"], batch_size, parse_augment(hp["augment"]), args.seed, **given)
+    return recipe.with_overrides(flag for flag, name in OVERRIDES.items() if getattr(args, name) is not None)
 
 
 def cmd_prune(args):
@@ -117,7 +138,8 @@ def cmd_prune(args):
             written.append(name)
         for name in pareto.stale_files(previous, args.strategy, written):
             (tmp / name).unlink(missing_ok=True)
-        pareto.write(tmp, keep_others + entries)
+        finetune = {**pareto.finetune_of(tmp, keep_others), args.strategy: settings.recipe.as_record()}
+        pareto.write(tmp, keep_others + entries, finetune)
 
     result = {"out": str(out), "strategy": args.strategy, "board": board.name, "cycles_source": oracle.source,
               "models": entries, "stopped": ctx.stop_reason, "seconds": round(time.time() - started, 1)}
@@ -152,7 +174,8 @@ def pruning_record(args, s, rate, cand):
     return {"strategy": s.strategy, "rate": rate, "pruned_fraction": pruned_fraction(cand.model, cand.lineage),
             "granularity": list(s.granularity), "score": s.score if s.strategy == "guided" else None,
             "latency": args.latency, "board": args.board, "base_model": str(Path(args.model).resolve()),
-            "lineage": cand.lineage.as_dict(), "history": cand.history, "summary": summary(cand.model, cand.lineage)}
+            "lineage": cand.lineage.as_dict(), "history": cand.history, "summary": summary(cand.model, cand.lineage),
+            "finetune": s.recipe.as_record()}
 
 
 def went(e):
@@ -192,10 +215,15 @@ def register(sub):
     p.add_argument("--force", action="store_true", help="replace DIR entirely")
     p.add_argument("--strategy", required=True, choices=STRATEGIES)
     p.add_argument("--rates", help=f"increasing fractions of operators to prune (default {','.join(map(str, DEFAULT_RATES))})")
-    p.add_argument("--seeds", type=int, default=5, help="s4op: candidates per rate; both: fine-tune budget per rate is seeds x finetune-epochs")
-    p.add_argument("--finetune-epochs", type=int, default=5, help="epochs per candidate fine-tune (early stopping)")
-    p.add_argument("--patience", type=int, default=2, help="early-stopping patience of the fine-tunes (epochs)")
-    p.add_argument("--lr", type=float, help="fine-tune learning rate (default: a tenth of the training one)")
+    p.add_argument("--seeds", help="a count or comma-separated seeds; s4op: one candidate per seed (default the published "
+                                   "7,42,123,2024,31650; a count takes the first ones); guided: budget per rate is "
+                                   "seeds x finetune-epochs (default 5, from --seed)")
+    p.add_argument("--finetune-epochs", type=int, help="epochs per candidate fine-tune (default s4op: the published ones "
+                                                       "per dataset, e.g. 20 for UCR sets; guided: 5)")
+    p.add_argument("--patience", type=int, help="early-stopping patience of the fine-tunes in epochs (default s4op: "
+                                                "published per dataset, e.g. 6 for UCR sets; guided: 2)")
+    p.add_argument("--lr", type=float, help="fine-tune learning rate (default s4op: the published 1e-4; guided: a tenth "
+                                            "of the training one)")
     p.add_argument("--batch-size", type=int, help="default: the training one")
     p.add_argument("--score", default="taylor", help=f"guided importance score: {' | '.join(SCORES)} (default taylor)")
     p.add_argument("--granularity", default="operator",
@@ -212,7 +240,7 @@ def register(sub):
     p.add_argument("--qat", action="store_true", help="quantization-aware fine-tunes (fake quantization of the export stage)")
     p.add_argument("--coeff-bits", type=int, choices=[8, 16], default=8,
                    help="bits of the exported recurrence coefficients: for --qat, flash/RAM and analytic cycles")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="guided: the base seed of its fine-tunes (s4op: see --seeds)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_prune)
