@@ -2,8 +2,9 @@
 
 AdamW with the SSM parameters in their own group (lower lr, no weight decay, as s4d.py), a cosine
 schedule, best-on-validation checkpointing, and determinism for a fixed seed on CPU. `fit` is
-also what the pruning controller's fine-tunes call; `forward_fn` is the hook for quantization-aware
-fine-tuning (a callable (model, x) -> logits that runs the fake-quantized model).
+also what the pruning controller's fine-tunes call, with their recipe's options (per-epoch warm-up
+and cosine, gradient clipping, S4oP's early-stopping rule: prune/recipe.py); `forward_fn` is the hook
+for quantization-aware fine-tuning (a callable (model, x) -> logits that runs the fake-quantized model).
 """
 
 import copy
@@ -83,18 +84,18 @@ class LRSchedule:
             raise ValueError(f"lr schedule step {step!r}: one of {LR_STEPS}")
         if step == "batch" and warmup_epochs:
             raise ValueError("warm-up needs the per-epoch schedule")
-        self.step = step
+        self.per = step
         if step == "batch":
             self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * batches_per_epoch))
         else:
             self.sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: warmup_cosine(e, epochs, warmup_epochs))
 
     def batch_done(self):
-        if self.step == "batch":
+        if self.per == "batch":
             self.sched.step()
 
     def epoch_done(self):
-        if self.step == "epoch":
+        if self.per == "epoch":
             self.sched.step()
 
 
