@@ -2,11 +2,13 @@
 
     python benchmarks/bench_prune.py [--quick] [--datasets gunpoint,arrowhead,basicmotions,digits]
 
-Per dataset: train the default model (`s4op-micro train`, seed 0), then prune it at 30/50/70/90%
-with `s4op` and with `guided` under the same fine-tune budget (--seeds x --finetune-epochs epochs
-per rate at most), all through `s4op-micro prune`:
+Per dataset: train the default model (`s4op-micro train`, seed 0), then prune it at the published
+rates 10/30/50/70/90% with `s4op` and with `guided`, all through `s4op-micro prune`:
 
-  s4op          the published algorithm (random operators, best of --seeds by validation)
+  s4op          the published algorithm with the published fine-tune (random operators, one candidate
+                per published seed 7/42/123/2024/31650, epochs and patience of the reference's table
+                for the dataset: prune/recipe.py); --seeds/--finetune-epochs/--quick override it
+  (guided variants: their own fine-tune, --seeds x --finetune-epochs epochs per rate at most)
   guided        operator granularity, Taylor scores: the same kind of pruning as s4op
   guided-mixed  operators bypassed or removed, single modes and whole blocks, as the controller
                 finds cheapest per cycle saved (Taylor scores)
@@ -15,8 +17,8 @@ per rate at most), all through `s4op-micro prune`:
 Writes benchmarks/results/prune.json, prune.md (the table) and prune.png (accuracy vs cycles per
 timestep). Cycles come from --latency (default emulator: every kept model's firmware measured in
 QEMU; candidates ranked by the analytic estimate scaled to the latest measurement). A fifth run,
-guided-to-2x, prunes like guided-mixed until the cycles per step are halved. --quick: fewer seeds and epochs, digits capped at 400
-training sequences.
+guided-to-2x, prunes like guided-mixed until the cycles per step are halved. --quick: fewer seeds and epochs (s4op
+included), digits capped at 400 training sequences.
 """
 
 import argparse
@@ -34,8 +36,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from s4op_micro.cli import main  # noqa: E402
+from s4op_micro.prune.recipe import PUBLISHED_RATES  # noqa: E402
 
-RATES = (0.3, 0.5, 0.7, 0.9)
+RATES = PUBLISHED_RATES
 VARIANTS = {
     "s4op": ["--strategy", "s4op"],
     "guided": ["--strategy", "guided", "--granularity", "operator", "--score", "taylor"],
@@ -61,18 +64,23 @@ def run_dataset(name, args, work):
     start = time.time()
     cli("train", *data, "--out", work / "base", "--force", "--seed", "0", "--quiet")
     seconds = {"train": round(time.time() - start, 1)}
-    budget = ["--rates", ",".join(map(str, RATES)), "--seeds", args.seeds, "--finetune-epochs", args.finetune_epochs,
-              "--board", args.board, "--latency", args.latency, "--workers", args.workers, "--seed", "0", "--quiet"]
-    models = {}
+    common = ["--rates", ",".join(map(str, RATES)), "--board", args.board, "--latency", args.latency,
+              "--workers", args.workers, "--quiet"]
+    guided_budget = ["--seeds", args.seeds, "--finetune-epochs", args.finetune_epochs, "--seed", "0"]
+    s4op_overrides = [a for flag, value in (("--seeds", args.s4op_seeds), ("--finetune-epochs", args.s4op_epochs))
+                      if value is not None for a in (flag, value)]
+    models, finetune = {}, {}
     for variant, strategy in {**VARIANTS, "guided-to-2x": TO_2X}.items():
         start = time.time()
         out = work / variant
-        cli("prune", work / "base" / "model.pt", *data, "--out", out, "--force", *strategy, *budget)
-        entries = json.loads((out / "pareto.json").read_text())["models"]
-        models["unpruned"] = [e for e in entries if e["strategy"] == "unpruned"]
-        models[variant] = [e for e in entries if e["strategy"] != "unpruned"]
+        budget = s4op_overrides if variant == "s4op" else guided_budget
+        cli("prune", work / "base" / "model.pt", *data, "--out", out, "--force", *strategy, *common, *budget)
+        saved = json.loads((out / "pareto.json").read_text())
+        models["unpruned"] = [e for e in saved["models"] if e["strategy"] == "unpruned"]
+        models[variant] = [e for e in saved["models"] if e["strategy"] != "unpruned"]
+        finetune[variant] = next(iter(saved["finetune"].values()))
         seconds[variant] = round(time.time() - start, 1)
-    return {"models": models, "seconds": seconds}
+    return {"models": models, "seconds": seconds, "finetune": finetune}
 
 
 def summarize(results):
@@ -101,10 +109,10 @@ def summarize(results):
 
 def markdown(results, checks, config):
     lines = [f"# Pruning: S4oP vs guided ({config['mode']})", "",
-             f"Same fine-tune budget per rate: {config['seeds']} x {config['finetune_epochs']} epochs at most (s4op: "
-             f"{config['seeds']} candidates of {config['finetune_epochs']} epochs, early stopping). Test accuracy (%) and "
-             f"cycles per timestep ({config['cycles_source']}, {config['board']}). Rate = fraction of the SSM state pruned "
-             "(= of operators for s4op and guided).", ""]
+             "s4op: the published algorithm and fine-tune (per dataset below; prune/recipe.py). guided variants: their "
+             f"own fine-tune, {config['seeds']} x {config['finetune_epochs']} epochs per rate at most. Test accuracy (%) "
+             f"and cycles per timestep ({config['cycles_source']}, {config['board']}). Rate = fraction of the SSM state "
+             "pruned (= of operators for s4op and guided).", ""]
     for name, r in results.items():
         base = r["models"]["unpruned"][0]
         at = {v: {e["rate"]: e for e in r["models"][v]} for v in VARIANTS}
@@ -116,7 +124,15 @@ def markdown(results, checks, config):
             cyc = [f"{at[v][rate]['cycles_per_step']:.0f} ({base['cycles_per_step'] / at[v][rate]['cycles_per_step']:.2f}x)"
                    if rate in at[v] else "-" for v in VARIANTS]
             lines.append(f"| {rate:.0%} | " + " | ".join(accs) + " | " + " | ".join(cyc) + " |")
-        lines += ["", "time (s): " + ", ".join(f"{k} {v}" for k, v in r["seconds"].items()), ""]
+        lines += ["", "time (s): " + ", ".join(f"{k} {v}" for k, v in r["seconds"].items())]
+        if "finetune" in r:
+            ft = r["finetune"]["s4op"]
+            spent = ", ".join(f"{e['rate']:.0%} {e['finetune_epochs']}" for e in r["models"]["s4op"])
+            lines += ["", f"s4op fine-tune: {ft['source']}; {len(ft['seeds'])} seeds x {ft['epochs']} epochs, patience "
+                      f"{ft['patience']}, lr {ft['lr']:g}, warm-up {ft['warmup_epochs']}"
+                      + (f"; overridden: {' '.join(ft['overrides'])}" if ft["overrides"] else "")
+                      + f". Epochs run per rate (all candidates): {spent}"]
+        lines += [""]
     lines += ["## Targets", "", "| dataset | variant | drop at 70% (points, <= 1) | cycles cut at 70% (>= 2x) | beats s4op at | ties at |",
               "|---|---|---|---|---|---|"]
     for name, per in checks.items():
@@ -157,8 +173,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="reduced budget (2 seeds x 2 epochs; digits 400 sequences)")
     p.add_argument("--datasets", default="gunpoint,arrowhead,basicmotions,digits")
-    p.add_argument("--seeds", type=int)
-    p.add_argument("--finetune-epochs", type=int)
+    p.add_argument("--seeds", type=int, help="guided budget (default 5); given, also s4op's candidates (default: published)")
+    p.add_argument("--finetune-epochs", type=int, help="guided budget (default 5); given, also s4op's (default: published)")
     p.add_argument("--board", default="cortex-m7")
     p.add_argument("--latency", default="emulator", help="cycle oracle of `prune` (emulator: QEMU-measured kept models)")
     p.add_argument("--workers", type=int, default=1)
@@ -166,6 +182,9 @@ def parse_args(argv=None):
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--render-only", action="store_true", help="rewrite prune.md and prune.png from prune.json")
     args = p.parse_args(argv)
+    # s4op: the published recipe unless overridden (--quick overrides it too)
+    args.s4op_seeds = args.seeds or (2 if args.quick else None)
+    args.s4op_epochs = args.finetune_epochs or (2 if args.quick else None)
     args.seeds = args.seeds or (2 if args.quick else 5)
     args.finetune_epochs = args.finetune_epochs or (2 if args.quick else 5)
     return args

@@ -3,11 +3,13 @@
 
 AdamW with the SSM parameters in their own group (lower lr, no weight decay, as s4d.py), a cosine
 schedule, best-on-validation checkpointing, and determinism for a fixed seed on CPU. `fit` is
-also what the pruning controller's fine-tunes call; `forward_fn` is the hook for quantization-aware
-fine-tuning (a callable (model, x) -> logits that runs the fake-quantized model).
+also what the pruning controller's fine-tunes call, with their recipe's options (per-epoch warm-up
+and cosine, gradient clipping, S4oP's early-stopping rule: prune/recipe.py); `forward_fn` is the hook
+for quantization-aware fine-tuning (a callable (model, x) -> logits that runs the fake-quantized model).
 """
 
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +42,9 @@ GENERIC_DEFAULTS = dict(d_model=64, d_state=64, n_layers=4, epochs=30, lr=0.01, 
                         val_fraction=VAL_FRACTION)
 SSM_LR = 0.001
 AUGMENTATIONS = ("scale", "jitter")
+LR_STEPS = ("batch", "epoch")  # LRSchedule
+EPOCH_TIES = ("val_loss", "earlier")  # BestEpoch
+STOP_RULES = ("patience", "patience+1")  # BestEpoch
 
 
 def defaults_for(dataset):
@@ -52,13 +57,79 @@ def set_seed(seed):
     np.random.seed(seed)
 
 
-def make_optimizer(model, lr, weight_decay=0.01):
+def make_optimizer(model, lr, weight_decay=0.01, ssm_lr=SSM_LR, ssm_weight_decay=0.0):
+    """AdamW; the SSM parameters in their own group at `ssm_weight_decay`, their lr capped at `ssm_lr`
+    (None: the same lr as the rest, as S4oP's fine-tune)."""
     ssm = {id(p) for p in model.ssm_parameters()}
     groups = [{"params": [p for p in model.parameters() if id(p) not in ssm], "lr": lr, "weight_decay": weight_decay}]
     ssm_params = [p for p in model.parameters() if id(p) in ssm]
     if ssm_params:
-        groups.append({"params": ssm_params, "lr": min(lr, SSM_LR), "weight_decay": 0.0})
+        groups.append({"params": ssm_params, "lr": lr if ssm_lr is None else min(lr, ssm_lr),
+                       "weight_decay": ssm_weight_decay})
     return torch.optim.AdamW(groups)
+
+
+def warmup_cosine(epoch, epochs, warmup_epochs):
+    """The lr factor of `epoch` (0-based) under S4oP's schedule: linear from 0.01 to 1 over
+    `warmup_epochs`, then a cosine from 1 towards 0 over the remaining max(1, epochs - warmup) epochs."""
+    if epoch < warmup_epochs:
+        return 0.01 + 0.99 * epoch / warmup_epochs
+    return 0.5 * (1 + math.cos(math.pi * (epoch - warmup_epochs) / max(1, epochs - warmup_epochs)))
+
+
+class LRSchedule:
+    """step="batch": a cosine over all batches, no warm-up (training's). step="epoch": warmup_cosine,
+    stepped after every epoch (S4oP's fine-tune)."""
+
+    def __init__(self, opt, epochs, batches_per_epoch, warmup_epochs=0, step="batch"):
+        if step not in LR_STEPS:
+            raise ValueError(f"lr schedule step {step!r}: one of {LR_STEPS}")
+        if step == "batch" and warmup_epochs:
+            raise ValueError("warm-up needs the per-epoch schedule")
+        self.per = step
+        if step == "batch":
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * batches_per_epoch))
+        else:
+            self.sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: warmup_cosine(e, epochs, warmup_epochs))
+
+    def batch_done(self):
+        if self.per == "batch":
+            self.sched.step()
+
+    def epoch_done(self):
+        if self.per == "epoch":
+            self.sched.step()
+
+
+class BestEpoch:
+    """The best validation epoch so far, its weights, and when to stop.
+
+    ties="val_loss": an equal accuracy at a lower loss is better; "earlier": only a strictly better
+    accuracy is (the earlier epoch stays). stop_rule="patience": stop after `patience` epochs in a row
+    without a better one; "patience+1": after patience + 1 (S4oP's counter must exceed the patience).
+    """
+
+    def __init__(self, model, ties="val_loss", patience=None, stop_rule="patience"):
+        if ties not in EPOCH_TIES:
+            raise ValueError(f"epoch ties {ties!r}: one of {EPOCH_TIES}")
+        if stop_rule not in STOP_RULES:
+            raise ValueError(f"stop rule {stop_rule!r}: one of {STOP_RULES}")
+        self.ties, self.patience, self.stop_rule = ties, patience, stop_rule
+        self.accuracy, self.loss = -1.0, float("inf")
+        self.state, self.epoch, self.since = copy.deepcopy(model.state_dict()), 0, 0
+
+    def offer(self, val, epoch, model):
+        better = val["accuracy"] > self.accuracy or (
+            self.ties == "val_loss" and val["accuracy"] == self.accuracy and val["loss"] < self.loss)
+        if better:
+            self.accuracy, self.loss, self.epoch, self.since = val["accuracy"], val["loss"], epoch, 0
+            self.state = copy.deepcopy(model.state_dict())
+        else:
+            self.since += 1
+
+    @property
+    def stop(self):
+        return self.patience is not None and self.since >= self.patience + (self.stop_rule == "patience+1")
 
 
 def batches(x, y, batch_size, generator=None):
@@ -114,60 +185,65 @@ def evaluate(model, x, y, batch_size=256, forward_fn=None):
 
 
 def fit(model, data, epochs, lr, batch_size=32, weight_decay=0.01, seed=0, patience=None,
-        progress=True, desc="train", forward_fn=None, augment_with=()):
-    """Train in place; keep the weights of the best validation accuracy (ties: lower val loss), or
-    the last epoch's when the dataset has no validation split (val_accuracy and val_loss are then None).
+        progress=True, desc="train", forward_fn=None, augment_with=(), ssm_lr=SSM_LR, ssm_weight_decay=0.0,
+        warmup_epochs=0, lr_step="batch", grad_clip=None, stop_rule="patience", epoch_ties="val_loss"):
+    """Train in place; keep the weights of the best validation epoch, or the last epoch's when the
+    dataset has no validation split (val_accuracy and val_loss are then None).
 
     Returns {"best_epoch", "val_accuracy", "val_loss", "epochs_run", "seconds"}.
-    patience: stop after this many epochs without improvement (early stopping for fine-tunes).
-    augment_with: names from AUGMENTATIONS applied to every training batch (float inputs only).
+    The defaults are the training's; the pruning fine-tunes set the rest (prune/recipe.py):
+    patience, stop_rule, epoch_ties: early stopping and which epoch is best (BestEpoch);
+    augment_with: names from AUGMENTATIONS applied to every training batch (float inputs only);
+    ssm_lr, ssm_weight_decay: the SSM group (make_optimizer); warmup_epochs, lr_step: LRSchedule;
+    grad_clip: the largest total gradient norm (None: no clipping).
     """
     set_seed(seed)
     forward_fn = forward_fn or (lambda m, xb: m(xb))
     x, y = as_tensors(data.x_train, data.y_train)
     augment_with = augment_with if x.is_floating_point() else ()
-    opt = make_optimizer(model, lr, weight_decay)
-    steps = max(1, epochs * ((len(x) + batch_size - 1) // batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    opt = make_optimizer(model, lr, weight_decay, ssm_lr, ssm_weight_decay)
+    schedule = LRSchedule(opt, epochs, (len(x) + batch_size - 1) // batch_size, warmup_epochs, lr_step)
     gen = torch.Generator().manual_seed(seed)
-    best = (-1.0, float("inf"))
-    best_state, best_epoch, since_best, epoch = copy.deepcopy(model.state_dict()), 0, 0, 0
-    start = time.time()
+    best = BestEpoch(model, epoch_ties, patience, stop_rule)
+    start, epoch = time.time(), 0
     bar = progress_bar(range(epochs), desc, enabled=progress)
     for epoch in bar:
-        model.train()
-        for xb, yb in batches(x, y, batch_size, gen):
-            if len(xb) < 2 and model.config["norm"] == "batch":
-                continue  # BatchNorm cannot train on a single sample
-            if augment_with:
-                xb = augment(xb, augment_with, gen)
-            loss = F.cross_entropy(forward_fn(model, xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+        loss = train_epoch(model, opt, schedule, batches(x, y, batch_size, gen), forward_fn,
+                           lambda xb: augment(xb, augment_with, gen) if augment_with else xb, grad_clip)
+        schedule.epoch_done()
         if not len(data.y_val):
-            best_epoch = epoch
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            best.epoch = epoch
+            bar.set_postfix(loss=f"{loss:.3f}")
             continue
         val = evaluate(model, data.x_val, data.y_val, forward_fn=forward_fn)
-        score = (val["accuracy"], val["loss"])
-        if score[0] > best[0] or (score[0] == best[0] and score[1] < best[1]):
-            best, best_state, best_epoch, since_best = score, copy.deepcopy(model.state_dict()), epoch, 0
-        else:
-            since_best += 1
-        bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{val['accuracy']:.3f}", best=f"{best[0]:.3f}")
-        if patience is not None and since_best >= patience:
+        best.offer(val, epoch, model)
+        bar.set_postfix(loss=f"{loss:.3f}", val_acc=f"{val['accuracy']:.3f}", best=f"{best.accuracy:.3f}")
+        if best.stop:
             break
     bar.close()
-    if not len(data.y_val):
-        model.eval()
-        return {"best_epoch": best_epoch, "val_accuracy": None, "val_loss": None,
-                "epochs_run": epoch + 1, "seconds": time.time() - start}
-    model.load_state_dict(best_state)
+    history = {"best_epoch": best.epoch, "val_accuracy": None, "val_loss": None, "epochs_run": epoch + 1}
+    if len(data.y_val):
+        model.load_state_dict(best.state)
+        history.update(val_accuracy=best.accuracy, val_loss=best.loss)
     model.eval()
-    return {"best_epoch": best_epoch, "val_accuracy": best[0], "val_loss": best[1],
-            "epochs_run": epoch + 1, "seconds": time.time() - start}
+    return {**history, "seconds": time.time() - start}
+
+
+def train_epoch(model, opt, schedule, batch_iter, forward_fn, perturb, grad_clip=None):
+    """One pass over the training batches; returns the last batch's loss."""
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for xb, yb in batch_iter:
+        if len(xb) < 2 and model.config["norm"] == "batch":
+            continue  # BatchNorm cannot train on a single sample
+        loss = F.cross_entropy(forward_fn(model, perturb(xb)), yb)
+        opt.zero_grad()
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        schedule.batch_done()
+    return loss.item()
 
 
 def renormalize(data, current, wanted):

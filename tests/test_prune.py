@@ -5,6 +5,7 @@ import copy
 import dataclasses
 import json
 import math
+import random
 
 import numpy as np
 import pytest
@@ -18,8 +19,10 @@ from s4op_micro.core.errors import UserError
 from s4op_micro.models import SequenceClassifier
 from s4op_micro.prune import finetune, importance, latency
 from s4op_micro.prune.controller import exponential_budget
+from s4op_micro.prune.controller import Candidate, Context, Settings, random_bypass, run_s4op
 from s4op_micro.prune.operators import (Decision, Lineage, apply, effective_params, operators_kept,
                                         pruned_fraction, summary)
+from s4op_micro.prune.recipe import PUBLISHED_SEEDS, FinetuneRecipe
 
 TINY = ["--d-model", "8", "--d-state", "8", "--n-layers", "2", "--epochs", "15", "--quiet"]
 FAST = ["--seeds", "2", "--finetune-epochs", "1", "--quiet"]
@@ -398,6 +401,11 @@ def test_pruning_an_already_pruned_model(tiny_model, tmp_path, capsys):
     (["--strategy", "s4op", "--granularity", "mode"], "operators only"),
     (["--strategy", "guided", "--board", "pdp-11"], "unknown board"),
     (["--strategy", "guided", "--target-ratio", "2"], "target-ratio"),
+    (["--strategy", "s4op", "--seeds", "seven"], "--seeds"),
+    (["--strategy", "s4op", "--seeds", "0"], "--seeds"),
+    (["--strategy", "s4op", "--seeds", "7,7"], "--seeds"),
+    (["--strategy", "s4op", "--patience", "-1"], "--patience"),
+    (["--strategy", "s4op", "--lr", "0"], "--lr"),
     (["--strategy", "guided", "--device", "cuda:7"] if not torch.cuda.is_available() else ["--strategy", "guided", "--device", "tpu"], "device"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tiny_model, tmp_path, capsys, argv, message):
@@ -445,8 +453,9 @@ def test_qat_hook_passes_the_fake_quantized_forward_to_fit(tiny_model, monkeypat
     full = load_dataset(name="gunpoint")  # the fake-quantized forward streams step by step: a few sequences
     data = dataclasses.replace(full, x_train=full.x_train[:12], y_train=full.y_train[:12], x_val=full.x_val[:4],
                                y_val=full.y_val[:4])
-    task = dict(model=finetune.pack(model), epochs=1, lr=1e-3, batch_size=6, seed=0, patience=None,
-                progress=False, desc="qat", device="cpu", qat=True, coeff_bits=8, augment=())
+    recipe = FinetuneRecipe.guided(0.01, batch_size=6, epochs=1, patience=None)
+    task = dict(model=finetune.pack(model), recipe=recipe, seed=0, progress=False, desc="qat", device="cpu", qat=True,
+                coeff_bits=8)
     history = finetune.finetune_task(task, data)["history"]
     assert sum(calls) >= len(data.x_train) and 0 <= history["val_accuracy"] <= 1
 
@@ -461,3 +470,101 @@ def test_damage_measurement_is_reproducible(tiny_model):
     assert a == b and 0 <= a["accuracy"] <= 1
     x, y = finetune.selection_set(data)
     assert len(x) == len(data.x_val) + len(data.x_train[:finetune.SELECTION_TRAIN]) and np.all(y[: len(data.y_val)] == data.y_val)
+
+
+# --- the published fine-tune ------------------------------------------------------------------------
+
+def test_bn_stats_carried_for_s4op_and_reestimated_for_guided(tiny_model, monkeypatch):
+    from s4op_micro.data import load_dataset
+
+    model, _ = load_model(tiny_model)
+    pruned = apply(model, Decision(bypass={1: [0, 2, 5]}))
+    parent = [(n.running_mean.clone(), n.running_var.clone()) for n in pruned.norms]
+    at_start = []
+
+    def fake_fit(m, data, **kwargs):  # what the fine-tune starts from, before its first epoch
+        at_start.append([(n.running_mean.clone(), n.running_var.clone()) for n in m.norms])
+        return {"best_epoch": 0, "val_accuracy": 1.0, "val_loss": 0.0, "epochs_run": 1, "seconds": 0.0}
+
+    monkeypatch.setattr(finetune, "fit", fake_fit)
+    data = load_dataset(name="gunpoint")
+    for recipe in (FinetuneRecipe.published_s4op("gunpoint", 16), FinetuneRecipe.guided(0.01, 16)):
+        finetune.finetune_task(dict(model=finetune.pack(pruned), recipe=recipe, seed=0, progress=False, desc="",
+                                    device="cpu", qat=False, coeff_bits=8), data)
+    carried, reestimated = at_start
+    assert all(torch.equal(a, b) for stats, ref in zip(carried, parent) for a, b in zip(stats, ref))
+    assert not all(torch.allclose(a, b) for stats, ref in zip(reestimated, parent) for a, b in zip(stats, ref))
+
+
+class ScriptedContext(Context):
+    """Fine-tunes replaced by given validation scores, candidate by candidate."""
+
+    def __init__(self, settings, scores):
+        super().__init__(settings, data=None, oracle=None, executor=None)
+        self.scores = scores
+
+    def finetune(self, candidates, epochs, patience, label, seeds):
+        for c, val in zip(candidates, self.scores):
+            c.val = val
+        return epochs * len(candidates)
+
+
+def test_candidate_ties_keep_the_first_seed():
+    published = FinetuneRecipe.published_s4op("gunpoint", 16)
+    guided = FinetuneRecipe.guided(0.01, 16)
+    scores = [(0.8, 0.5), (0.9, 0.4), (0.9, 0.1), (0.7, 0.0), (0.9, 0.2)]
+    assert published.best_candidate(scores) == 1  # strictly best accuracy, first on ties
+    assert guided.best_candidate(scores) == 2  # ours: ties go to the lower loss
+    model = small_model()
+    start = Candidate(model, Lineage.of(model), [])
+    ctx = ScriptedContext(Settings(recipe=published, strategy="s4op", rates=(0.3,), log=lambda msg: None), scores)
+    (rate, kept), = run_s4op(start, ctx)
+    assert kept.history[-1]["candidate"] == 1 and kept.history[-1]["seed"] == PUBLISHED_SEEDS[1]
+    assert kept.epochs == 5 * published.epochs
+
+
+def test_random_candidates_are_drawn_as_the_reference_draws_them():
+    model = small_model()
+    current = Candidate(model, Lineage.of(model), [])
+    budget = exponential_budget(0.5, 3, 6)  # [0, 4, 5]: layer 1 (one removed already) loses 3 more, layer 2 five
+    decision = random_bypass(current, budget, 42)
+    random.seed(42)  # the reference: set_seed(seed), then random.sample over each layer's active ids
+    expected = {}
+    for j, layer in enumerate(model.layers):
+        n = budget[j] - (6 - len(layer.active))
+        expected[j] = sorted(random.sample(layer.active.tolist(), n)) if n > 0 else None
+    assert decision.bypass == {j: v for j, v in expected.items() if v}
+
+
+def test_pareto_records_the_published_finetune_and_overrides(tiny_model, tmp_path, capsys):
+    out = tmp_path / "ft"
+    code, _, err = run_cli(capsys, "prune", tiny_model, "--out", out, "--strategy", "s4op", "--rates", "0.5", "--quiet")
+    assert code == 0, err
+    saved = json.loads((out / "pareto.json").read_text())
+    ft = saved["finetune"]["s4op"]
+    assert {k: ft[k] for k in ("lr", "ssm_lr", "weight_decay", "ssm_weight_decay", "warmup_epochs", "grad_clip",
+                               "patience", "epochs", "augment", "bn_stats", "seeds", "overrides")} == dict(
+        lr=1e-4, ssm_lr=1e-4, weight_decay=1e-5, ssm_weight_decay=0.0, warmup_epochs=2, grad_clip=1.0, patience=6,
+        epochs=20, augment=[], bn_stats="carried", seeds=[7, 42, 123, 2024, 31650], overrides=[])
+    assert "per epoch" in ft["schedule"] and "patience + 1" in ft["early_stopping"] and "first seed" in ft["tie_break"]
+    assert "'ecg'" in ft["source"]
+    _, ckpt = load_model(out / "pruned_50.pt")
+    assert ckpt["pruning"]["finetune"] == ft
+    code, _, err = run_cli(capsys, "prune", tiny_model, "--out", out, "--strategy", "guided", "--rates", "0.5",
+                           "--seeds", "2", "--finetune-epochs", "1", "--lr", "0.002", "--quiet")
+    assert code == 0, err
+    saved = json.loads((out / "pareto.json").read_text())
+    assert saved["finetune"]["s4op"] == ft  # the other strategy's record stays with its models
+    g = saved["finetune"]["guided"]
+    assert (g["lr"], g["epochs"], g["patience"], g["seeds"], g["bn_stats"], g["warmup_epochs"], g["grad_clip"]) == (
+        0.002, 1, 2, [0, 1], "re-estimated", 0, None)
+    assert g["weight_decay"] == 0.01 and "per batch" in g["schedule"] and sorted(g["overrides"]) == [
+        "--finetune-epochs", "--lr", "--seeds"]
+    code, _, err = run_cli(capsys, "prune", tiny_model, "--out", out, "--force", "--strategy", "s4op", "--rates", "0.5",
+                           "--seeds", "7,123", "--patience", "0", "--finetune-epochs", "2", "--quiet")
+    assert code == 0, err
+    saved = json.loads((out / "pareto.json").read_text())
+    ft = saved["finetune"]
+    assert list(ft) == ["s4op"] and (ft["s4op"]["seeds"], ft["s4op"]["patience"], ft["s4op"]["warmup_epochs"]) == (
+        [7, 123], 0, 1)
+    assert sorted(ft["s4op"]["overrides"]) == ["--finetune-epochs", "--patience", "--seeds"]

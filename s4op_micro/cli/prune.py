@@ -57,10 +57,15 @@ def register(sub):
     p.add_argument("--force", action="store_true", help="replace DIR entirely (only a directory s4op-micro made)")
     p.add_argument("--strategy", required=True, choices=STRATEGIES, help="s4op (the published algorithm) or guided (ours)")
     p.add_argument("--rates", help=f"increasing fractions of operators to prune (default {','.join(map(str, DEFAULT_RATES))})")
-    p.add_argument("--seeds", type=at_least(1), default=5, help="s4op: candidates per rate; both: fine-tune budget per rate is seeds x finetune-epochs")
-    p.add_argument("--finetune-epochs", type=at_least(1), default=5, help="epochs per candidate fine-tune (early stopping)")
-    p.add_argument("--patience", type=at_least(0), default=2, help="early-stopping patience of the fine-tunes (epochs)")
-    p.add_argument("--lr", type=positive, help="fine-tune learning rate (default: a tenth of the training one)")
+    p.add_argument("--seeds", help="a count or comma-separated seeds; s4op: one candidate per seed (default the published "
+                                   "7,42,123,2024,31650; a count takes the first ones); guided: budget per rate is "
+                                   "seeds x finetune-epochs (default 5, from --seed)")
+    p.add_argument("--finetune-epochs", type=at_least(1), help="epochs per candidate fine-tune (default s4op: the "
+                   "published ones per dataset, e.g. 20 for UCR sets; guided: 5)")
+    p.add_argument("--patience", type=at_least(0), help="early-stopping patience of the fine-tunes in epochs (default s4op: "
+                   "published per dataset, e.g. 6 for UCR sets; guided: 2)")
+    p.add_argument("--lr", type=positive, help="fine-tune learning rate (default s4op: the published 1e-4; guided: a tenth "
+                   "of the training one)")
     p.add_argument("--batch-size", type=at_least(1), help="fine-tune batch size (default: the training one)")
     p.add_argument("--score", default="taylor", help=f"guided importance score: {' | '.join(SCORES)} (default taylor)")
     p.add_argument("--granularity", default="operator",
@@ -77,7 +82,7 @@ def register(sub):
     p.add_argument("--qat", action="store_true", help="quantization-aware fine-tunes (fake quantization of the export stage)")
     p.add_argument("--coeff-bits", type=int, choices=[8, 16], default=8,
                    help="bits of the exported recurrence coefficients: for --qat, flash/RAM and analytic cycles")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="guided: the base seed of its fine-tunes (s4op: see --seeds)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_prune)

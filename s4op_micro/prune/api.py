@@ -2,7 +2,10 @@
 
 Checks every input before any work (one-line UserError, nothing written), prunes with the chosen
 strategy (controller.py), and writes DIR/pruned_<pct>.pt per kept model (its `pruning` key records
-the strategy, the rate and what went, step by step). Measuring firmware is not this layer's job:
+the strategy, the rate, what went, step by step, and the fine-tune recipe). The fine-tunes follow
+recipe.FinetuneRecipe: S4oP's published one for s4op, guided's own for guided; the fine-tune options
+given (finetune_epochs, patience, lr, seeds, batch_size) override it and are recorded. Measuring
+firmware is not this layer's job:
 the `emulator` and `board` latency oracles call the `measure` function the caller hands in.
 """
 
@@ -25,8 +28,7 @@ from .importance import SCORES
 from .latency import make_oracle
 from .operators import Lineage, effective_params, operators_kept, pruned_fraction, summary
 from .parallel import Executor
-
-FINETUNE_LR_FACTOR = 0.1  # fine-tunes start at a tenth of the training learning rate
+from .recipe import FinetuneRecipe, parse_seeds
 
 
 @dataclass
@@ -48,9 +50,9 @@ class PruneOptions:
     """Everything `prune` takes besides the model and the output directory (the CLI's flags)."""
     strategy: str = "guided"
     rates: str = None                 # comma list of increasing fractions; None: DEFAULT_RATES
-    seeds: int = 5
-    finetune_epochs: int = 5
-    patience: int = 2
+    seeds: str = None                 # the fine-tune options: None takes the strategy's recipe
+    finetune_epochs: int = None
+    patience: int = None
     lr: float = None
     batch_size: int = None
     score: str = "taylor"
@@ -102,15 +104,13 @@ def settings_from(o, model_path, model, ckpt, start_rate, log):
     if start_rate > rates[0] + 1e-9:
         raise UserError(f"{model_path} is already pruned to {start_rate:.1%} of its state, beyond the first rate "
                         f"{rates[0]:.0%}; pass --rates above {start_rate:.0%}")
-    for name in ("seeds", "finetune_epochs", "workers"):
-        if getattr(o, name) < 1:
+    for name in ("finetune_epochs", "workers", "batch_size"):
+        if getattr(o, name) is not None and getattr(o, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if o.patience < 0:
+    if o.patience is not None and o.patience < 0:
         raise UserError("--patience must be 0 or more (epochs without improvement before a fine-tune stops)")
     if o.lr is not None and not o.lr > 0:
         raise UserError(f"--lr must be positive, not {o.lr}")
-    if o.batch_size is not None and o.batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
     if o.max_drop is not None and not o.max_drop >= 0:
         raise UserError(f"--max-drop is the accuracy points the pruned model may lose: 0 or more, not {o.max_drop}")
     if o.target_cycles is not None and not o.target_cycles > 0:
@@ -119,17 +119,34 @@ def settings_from(o, model_path, model, ckpt, start_rate, log):
         raise UserError("--target-ratio is the fraction of the unpruned model's cycles to reach, in (0, 1)")
     if o.strategy == "s4op" and (o.max_drop is not None or o.target_cycles or o.target_ratio):
         raise UserError("--max-drop/--target-cycles/--target-ratio steer --strategy guided; s4op runs every rate")
-    hp = {**GENERIC_DEFAULTS, **ckpt["metrics"].get("hyperparameters", {})}
     max_drop = o.max_drop
     if o.strategy == "guided" and max_drop is None and not o.rates and not (o.target_cycles or o.target_ratio):
         max_drop = 1.0  # guided on its own: prune until it costs a point of accuracy
     return Settings(
-        strategy=o.strategy, rates=rates, seeds=o.seeds, finetune_epochs=o.finetune_epochs,
-        patience=o.patience, lr=o.lr or hp["lr"] * FINETUNE_LR_FACTOR, batch_size=o.batch_size or hp["batch_size"],
-        augment=parse_augment(hp["augment"]),
-        score=o.score, granularity=parse_granularity(o.granularity, o.strategy, model.config["ssm"]),
-        max_drop=max_drop, target_cycles=o.target_cycles, seed=o.seed, device=check_device(o.device),
+        recipe=recipe_from(o, ckpt), strategy=o.strategy, rates=rates, score=o.score,
+        granularity=parse_granularity(o.granularity, o.strategy, model.config["ssm"]),
+        max_drop=max_drop, target_cycles=o.target_cycles, device=check_device(o.device),
         qat=o.qat, coeff_bits=o.coeff_bits, bars=log is not None, log=log or (lambda msg: None))
+
+
+OVERRIDES = {"--finetune-epochs": "finetune_epochs", "--patience": "patience", "--lr": "lr", "--seeds": "seeds",
+             "--batch-size": "batch_size"}
+
+
+def recipe_from(o, ckpt):
+    """The strategy's fine-tune recipe (s4op: published, per dataset; guided: its own, from the
+    training's hyperparameters), with the options given in place of its values."""
+    hp = {**GENERIC_DEFAULTS, **ckpt["metrics"].get("hyperparameters", {})}
+    given = dict(epochs=o.finetune_epochs, patience=o.patience, lr=o.lr,
+                 seeds=None if o.seeds is None else parse_seeds(o.seeds))
+    batch_size = o.batch_size or hp["batch_size"]
+    if o.strategy == "s4op":
+        src = o.data_source
+        dataset = src.get("dataset") or (None if src.get("data") else ckpt["dataset"].get("name"))
+        recipe = FinetuneRecipe.published_s4op(dataset, batch_size, **given)
+    else:
+        recipe = FinetuneRecipe.guided(hp["lr"], batch_size, parse_augment(hp["augment"]), o.seed, **given)
+    return recipe.with_overrides(flag for flag, name in OVERRIDES.items() if getattr(o, name) is not None)
 
 
 def prune(model_path, out, options=None, *, force=False, quiet=False, measure=None):
@@ -171,7 +188,8 @@ def prune(model_path, out, options=None, *, force=False, quiet=False, measure=No
             written.append(name)
         for name in pareto.stale_files(previous, o.strategy, written):
             (tmp / name).unlink(missing_ok=True)
-        pareto.write(tmp, keep_others + entries)
+        finetune = {**pareto.finetune_of(tmp, keep_others), o.strategy: settings.recipe.as_record()}
+        pareto.write(tmp, keep_others + entries, finetune)
     return PruneResult(out=str(out), strategy=o.strategy, board=board.name, cycles_source=oracle.source,
                        models=entries, stopped=ctx.stop_reason, seconds=round(time.time() - started, 1))
 
@@ -203,4 +221,5 @@ def pruning_record(o, model_path, s, rate, cand):
     return {"strategy": s.strategy, "rate": rate, "pruned_fraction": pruned_fraction(cand.model, cand.lineage),
             "granularity": list(s.granularity), "score": s.score if s.strategy == "guided" else None,
             "latency": o.latency, "board": o.board, "base_model": str(Path(model_path).resolve()),
-            "lineage": cand.lineage.as_dict(), "history": cand.history, "summary": summary(cand.model, cand.lineage)}
+            "lineage": cand.lineage.as_dict(), "history": cand.history, "summary": summary(cand.model, cand.lineage),
+            "finetune": s.recipe.as_record()}

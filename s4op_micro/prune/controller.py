@@ -1,13 +1,15 @@
 """The two pruning strategies; both yield one kept model per rate.
 
-s4op (the published algorithm, PARCO-LAB/S4oP `s4op.py`, as the baseline): at each rate, `seeds`
-candidates each bypass random extra operators among those still active, so many per layer that the
-rate's budget is spread over layers in proportion to 2^i (`exponential_budget`: layer 0 only once
-the deeper layers are saturated; at least one operator per layer survives); each candidate is
-fine-tuned with early stopping; the best by validation accuracy (ties: lower validation loss, then
-the first seed) is kept and seeds the next rate. Deviations from the published code, both only
-where it misbehaves: a one-layer model is pruned (the published loop never starts), and a
-remainder that rounding cannot place goes to the deepest unsaturated layer (no endless loop).
+s4op (the published algorithm, PARCO-LAB/S4oP `s4op.py`, as the baseline): at each rate, one
+candidate per seed bypasses random extra operators among those still active (Python's
+random.Random(seed).sample per layer, as the reference's random.seed + random.sample), so many per
+layer that the rate's budget is spread over layers in proportion to 2^i (`exponential_budget`: layer
+0 only once the deeper layers are saturated; at least one operator per layer survives); each
+candidate is fine-tuned with S4oP's published recipe (recipe.FinetuneRecipe.published_s4op); the
+one with the strictly best validation accuracy (ties: the first seed) is kept and seeds the next
+rate. Deviations from the published code, both only where it misbehaves: a one-layer model is
+pruned (the published loop never starts), and a remainder that rounding cannot place goes to the
+deepest unsaturated layer (no endless loop).
 
 guided (ours): NetAdapt-like. From rate to rate it takes small steps (at most STEP of the state
 each); at every step each layer proposes, for each allowed granularity, to drop its least important
@@ -15,15 +17,16 @@ units (`importance.score`: --score hinf|taylor) or the whole block; each proposa
 measured (loss on validation + training sequences after re-estimating BatchNorm statistics), its
 cycles saved come from the latency oracle, and the proposal with the least loss increase per cycle
 saved wins; a one-epoch fine-tune follows it. At each rate the model is fine-tuned with what is left
-of the budget, so both strategies spend the same number of fine-tune epochs per rate at most
-(seeds x finetune_epochs). Stops when validation accuracy falls more than --max-drop points below the
+of the budget: len(seeds) x epochs of its own recipe (recipe.FinetuneRecipe.guided), the most an s4op
+run with that recipe would spend. Stops when validation accuracy falls more than --max-drop points below the
 unpruned model (that model is not kept), or once the cycle target is met (past the last rate if
 need be).
 """
 
 import math
+import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -41,19 +44,13 @@ MAX_STEPS = 200  # guided: per rate (every step prunes at least one unit; this i
 
 @dataclass
 class Settings:
+    recipe: object  # recipe.FinetuneRecipe: how the fine-tunes train, their seeds and budget
     strategy: str = "guided"
     rates: tuple = DEFAULT_RATES
-    seeds: int = 5
-    finetune_epochs: int = 5
-    patience: int = 2
-    lr: float = 1e-3
-    batch_size: int = 32
-    augment: tuple = ()  # the training's augmentations (train.AUGMENTATIONS), also in fine-tunes
     score: str = "taylor"
     granularity: tuple = ("operator",)
     max_drop: float = None  # accuracy points
     target_cycles: float = None
-    seed: int = 0
     device: str = "cpu"
     qat: bool = False
     coeff_bits: int = 8  # of the exported recurrence coefficients: QAT and the cost report
@@ -62,8 +59,8 @@ class Settings:
 
     @property
     def budget(self):
-        """Fine-tune epochs per rate: what s4op spends on its candidates."""
-        return self.seeds * self.finetune_epochs
+        """Fine-tune epochs per rate: what s4op spends on its candidates at most."""
+        return len(self.recipe.seeds) * self.recipe.epochs
 
 
 @dataclass
@@ -95,9 +92,9 @@ class Context:
         Returns the epochs run, in total."""
         s, n = self.s, len(candidates)
         bars = s.bars and self.executor.in_process  # bars of parallel workers would garble
-        tasks = [dict(model=pack(c.model), epochs=epochs, lr=s.lr, batch_size=s.batch_size, seed=seed,
-                      patience=patience, progress=bars, desc=f"{label} {i + 1}/{n}", device=s.device, qat=s.qat,
-                      coeff_bits=s.coeff_bits, augment=s.augment)
+        recipe = replace(s.recipe, epochs=epochs, patience=patience)
+        tasks = [dict(model=pack(c.model), recipe=recipe, seed=seed, progress=bars, desc=f"{label} {i + 1}/{n}",
+                      device=s.device, qat=s.qat, coeff_bits=s.coeff_bits)
                  for i, (c, seed) in enumerate(zip(candidates, seeds))]
 
         def report(i, result):
@@ -152,34 +149,37 @@ def exponential_budget(rate, n_layers, H):
 
 
 def run_s4op(start, ctx):
-    s, current = ctx.s, start
-    H = start.lineage.d_model
-    for r, rate in enumerate(s.rates):
-        budget = exponential_budget(rate, start.lineage.n_layers, H)
-        candidates = []
-        for k in range(s.seeds):
-            rng = np.random.default_rng([s.seed, r, k])
-            bypass = {}
-            for j, layer in enumerate(current.model.layers):
-                active = layer.active.tolist()
-                extra = min(max(0, budget[current.lineage.layers[j]] - (H - len(active))), len(active) - 1)
-                if extra > 0:
-                    bypass[j] = sorted(int(c) for c in rng.choice(active, extra, replace=False))
-            candidates.append(current.then(Decision(bypass=bypass), "s4op", rate))
+    s, current, seeds = ctx.s, start, ctx.s.recipe.seeds
+    for rate in s.rates:
+        budget = exponential_budget(rate, start.lineage.n_layers, start.lineage.d_model)
+        candidates = [current.then(random_bypass(current, budget, seed), "s4op", rate) for seed in seeds]
         label = f"s4op {rate:.0%}"
-        epochs = ctx.finetune(candidates, s.finetune_epochs, s.patience, label, [s.seed + k for k in range(s.seeds)])
-        best = max(range(len(candidates)), key=lambda k: (candidates[k].val[0], -candidates[k].val[1], -k))
+        epochs = ctx.finetune(candidates, s.recipe.epochs, s.recipe.patience, label, seeds)
+        best = s.recipe.best_candidate([c.val for c in candidates])
         current = candidates[best]
-        current.history[-1]["candidate"] = best
+        current.history[-1].update(candidate=best, seed=seeds[best])
         current.epochs = epochs
-        s.log(f"{label}: kept candidate {best + 1} (val accuracy {current.val[0]:.3f}), {current.rate:.1%} pruned")
+        s.log(f"{label}: kept candidate {best + 1} (seed {seeds[best]}, val accuracy {current.val[0]:.3f}), "
+              f"{current.rate:.1%} pruned")
         yield rate, current
+
+
+def random_bypass(current, budget, seed):
+    """Bypass random extra operators so that each original layer has `budget` pruned, drawn as the
+    reference does: random.seed(seed), then random.sample of each layer's active operators in turn."""
+    rng, H, bypass = random.Random(seed), current.lineage.d_model, {}
+    for j, layer in enumerate(current.model.layers):
+        active = layer.active.tolist()
+        extra = min(max(0, budget[current.lineage.layers[j]] - (H - len(active))), len(active) - 1)
+        if extra > 0:
+            bypass[j] = sorted(rng.sample(active, extra))
+    return Decision(bypass=bypass)
 
 
 # --- guided -------------------------------------------------------------------------------------
 
 def run_guided(start, ctx):
-    s, current = ctx.s, start
+    s, current, seed = ctx.s, start, ctx.s.recipe.seeds[0]
     base_accuracy, _ = ctx.validation(start.model)
 
     def cycles_met(c):  # the estimate first; a measuring oracle then confirms (and refreshes its scale)
@@ -198,10 +198,10 @@ def run_guided(start, ctx):
                 ctx.stop_reason = "nothing left to prune"
                 break
             current, step = chosen, step + 1
-            if used + s.finetune_epochs < s.budget:  # a short fine-tune, if the budget allows
-                used += ctx.finetune([current], 1, None, f"{label} step {step}", [s.seed + 1000 * m + step])
-        used += ctx.finetune([current], max(1, s.budget - used), s.patience, f"{label} fine-tune",
-                             [s.seed + 1000 * m + 999])
+            if used + s.recipe.epochs < s.budget:  # a short fine-tune, if the budget allows
+                used += ctx.finetune([current], 1, None, f"{label} step {step}", [seed + 1000 * m + step])
+        used += ctx.finetune([current], max(1, s.budget - used), s.recipe.patience, f"{label} fine-tune",
+                             [seed + 1000 * m + 999])
         current.epochs = used
         drop = 100 * (base_accuracy - current.val[0])
         if s.max_drop is not None and drop > s.max_drop:

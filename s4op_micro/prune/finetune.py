@@ -47,16 +47,18 @@ def check_device(device):
 
 
 def finetune_task(task, data):
-    """Fine-tune one candidate; returns the packed model and fit's history. BatchNorm statistics are
-    re-estimated first: a pruned model's are stale, and the few batches of a fine-tune on a small
-    dataset would not fix them (momentum 0.1)."""
+    """Fine-tune one candidate as its recipe says (recipe.FinetuneRecipe); returns the packed model
+    and fit's history. bn_stats "re-estimated" (guided): BatchNorm statistics are re-estimated first,
+    as a pruned model's are stale and the few batches of a fine-tune on a small dataset would not fix
+    them (momentum 0.1); "carried" (S4oP): the parent's statistics go into the fine-tune as they are."""
+    recipe = task["recipe"]
     model = unpack(task["model"], task["device"])
     calibration = data.x_train[:CALIBRATION]
-    recalibrate_norms(model, calibration, forward_fn(task["device"]))
+    if recipe.bn_stats == "re-estimated":
+        recalibrate_norms(model, calibration, forward_fn(task["device"]))
     quantized = qat.make_qat_forward(model, calibration, task["coeff_bits"]) if task["qat"] else None
-    history = fit(model, data, task["epochs"], task["lr"], task["batch_size"], seed=task["seed"],
-                  patience=task["patience"], progress=task["progress"], desc=task["desc"],
-                  forward_fn=forward_fn(task["device"], quantized), augment_with=task["augment"])
+    history = fit(model, data, seed=task["seed"], progress=task["progress"], desc=task["desc"],
+                  forward_fn=forward_fn(task["device"], quantized), **recipe.fit_options())
     return {"model": pack(model), "history": history}
 
 

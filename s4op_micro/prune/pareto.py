@@ -1,6 +1,10 @@
 """DIR/pareto.json and DIR/pareto.png: one entry per kept model, merged across strategies.
 
-pareto.json is {"models": [...]}; each entry has rate (nominal fraction of operators pruned),
+pareto.json is {"models": [...], "finetune": {strategy: recipe}}; "finetune" holds, per strategy in the
+file, how its fine-tunes trained (recipe.FinetuneRecipe.as_record: lr, ssm_lr, weight_decay,
+ssm_weight_decay, warmup_epochs, schedule, grad_clip, patience, epochs, batch_size, augment, bn_stats
+("carried" or "re-estimated"), early_stopping, tie_break, seeds, source, and the overrides: flags that
+replaced a default). Each model entry has rate (nominal fraction of operators pruned),
 pruned_fraction (actual, over state modes), strategy ("s4op", "guided", or "unpruned" / "start" for
 the model pruning started from), path (absolute), accuracy (test, fraction), val_accuracy, operators (active
 per original layer, 0 for a dropped block), pruned (per original layer: bypassed, removed,
@@ -20,14 +24,25 @@ STYLE = {"s4op": dict(marker="o", color="tab:blue"), "guided": dict(marker="s", 
          "unpruned": dict(marker="*", color="black", markersize=14, linestyle="none")}
 
 
-def read(directory):
+def load(directory):
     path = Path(directory) / "pareto.json"
-    if not path.is_file():
-        return []
     try:
-        return list(json.loads(path.read_text()).get("models", []))
-    except (json.JSONDecodeError, AttributeError):
-        return []  # not ours or damaged: this run's entries replace it
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        saved = {}
+    return saved if isinstance(saved, dict) else {}  # not ours or damaged: this run's entries replace it
+
+
+def read(directory):
+    models = load(directory).get("models", [])
+    return list(models) if isinstance(models, list) else []
+
+
+def finetune_of(directory, kept):
+    """The recorded recipes of the strategies whose entries are `kept`."""
+    recipes = load(directory).get("finetune", {})
+    strategies = {e.get("strategy") for e in kept}
+    return {k: v for k, v in recipes.items() if k in strategies} if isinstance(recipes, dict) else {}
 
 
 def checkpoint_name(rate, strategy, others):
@@ -49,10 +64,10 @@ def stale_files(entries, strategy, written):
     return {Path(e["path"]).name for e in entries if e.get("strategy") == strategy} - set(written)
 
 
-def write(directory, entries):
+def write(directory, entries, finetune=None):
     directory = Path(directory)
     entries = sorted(entries, key=lambda e: (e["strategy"] != "unpruned", e["strategy"], e["rate"]))
-    (directory / "pareto.json").write_text(json.dumps({"models": entries}, indent=1) + "\n")
+    (directory / "pareto.json").write_text(json.dumps({"models": entries, "finetune": finetune or {}}, indent=1) + "\n")
     plot(entries, directory / "pareto.png")
 
 
