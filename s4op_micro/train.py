@@ -322,6 +322,21 @@ class TrainResult:
         return asdict(self)
 
 
+def check_hyperparameters(hp, dropout=0.0):
+    """UserError naming the first out-of-range training option (the CLI's types check them too)."""
+    for name in ("epochs", "d_model", "n_layers", "batch_size"):
+        if not hp[name] >= 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {hp[name]}")
+    if not (hp["d_state"] >= 2 and hp["d_state"] % 2 == 0):
+        raise UserError(f"--d-state must be even and at least 2 (N/2 complex conjugate modes), not {hp['d_state']}")
+    if not hp["lr"] > 0:
+        raise UserError(f"--lr must be positive, not {hp['lr']}")
+    if not 0 <= hp["val_fraction"] < 1:
+        raise UserError(f"--val-fraction must be in [0, 1), not {hp['val_fraction']}")
+    if not 0 <= dropout < 1:
+        raise UserError(f"--dropout must be in [0, 1), not {dropout}")
+
+
 def n_params(model):
     return sum(p.numel() for p in model.parameters())
 
@@ -334,6 +349,8 @@ def train(*, out, dataset=None, data=None, root=None, max_train=None, epochs=Non
     given = dict(epochs=epochs, d_model=d_model, d_state=d_state, n_layers=n_layers, lr=lr, batch_size=batch_size,
                  val_fraction=val_fraction, augment=augment)
     hp = {k: (given[k] if given.get(k) is not None else v) for k, v in defaults_for(dataset).items()}
+    check_hyperparameters(hp, dropout)
+    check_output_path(out, force)
     augment_with = parse_augment(hp["augment"])
     hp["augment"] = ",".join(augment_with)
     loaded = load_dataset(name=dataset, data=data, root=root, max_train=max_train, seed=seed,

@@ -19,12 +19,29 @@ if [ -n "$missing" ]; then
   apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
+# pip's output goes to a log; on failure it is shown (less this machine's "Location ... is ignored" lines)
+pip_install() {
+  local log
+  log=$(mktemp)
+  if ! .venv/bin/pip install -q "$@" >"$log" 2>&1; then
+    grep -v "is ignored: it is neither a file nor a directory" "$log" >&2
+    echo "setup: pip install $* failed" >&2
+    rm -f "$log"
+    exit 1
+  fi
+  rm -f "$log"
+}
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating the virtualenv .venv" >&2
+  python3 -m venv .venv
+fi
 stamp=.venv/.s4op-setup-stamp
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: installing Python packages into .venv (torch==2.13.0 CPU, tensorflow-cpu, tflite-micro, ...)" >&2
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[all,test]"
+  echo "setup: installing Python packages into .venv (torch==2.13.0 CPU, tensorflow-cpu, tflite-micro, ...;" \
+       "about 2 minutes on a fresh machine)" >&2
+  pip_install --upgrade pip
+  pip_install -e ".[all,test]"
   touch "$stamp"
 fi
 echo "setup: ready (.venv/bin/s4op-micro)" >&2

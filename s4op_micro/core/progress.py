@@ -34,12 +34,16 @@ def on_terminal():
 
 
 class _Plain:
-    """What `bar` hands out off a terminal: iterates, ignores postfixes."""
+    """What `bar` hands out off a terminal: one plain line when the work starts, then iterates;
+    postfixes are dropped."""
 
-    def __init__(self, iterable):
-        self.iterable = iterable
+    def __init__(self, iterable, desc=None):
+        self.iterable, self.desc = iterable, desc
 
     def __iter__(self):
+        if self.desc:
+            n = len(self.iterable) if hasattr(self.iterable, "__len__") else "?"
+            log(self.desc, f"{n} steps (a progress bar is drawn only on a terminal)")
         return iter(self.iterable)
 
     def set_postfix(self, *args, **kwargs):
@@ -51,7 +55,7 @@ class _Plain:
 
 def bar(iterable, desc, enabled=True):
     if not (enabled and on_terminal() and not _quiet):
-        return _Plain(iterable)
+        return _Plain(iterable, desc if enabled else None)
     from tqdm import tqdm
 
     return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)

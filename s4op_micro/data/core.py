@@ -111,6 +111,9 @@ def build(name, raw, source, val_fraction=0.2, seed=0, max_train=None):
     if max_train is not None and max_train < 2:
         raise UserError(f"--max-train {max_train} is too small; pass at least 2")
     classes = raw.classes if raw.classes is not None else sorted_classes(raw.y_train)
+    if len(classes) < 2:
+        raise UserError(f"the training labels hold {len(classes)} class{'es' if len(classes) != 1 else ''} "
+                        f"({', '.join(map(str, classes)) or 'none'}); a classifier needs two or more")
     y_train = encode(raw.y_train, classes, "train")
     y_test = encode(raw.y_test, classes, "test")
     x_train = raw.x_train

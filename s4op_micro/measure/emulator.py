@@ -207,14 +207,14 @@ def format_run(r):
 
 
 def _model_flash(export_dir):
+    """The model's flash (DIR/report.json), to size the chunks of test vectors next to it."""
+    path = Path(export_dir) / "report.json"
+    if not path.is_file():
+        raise UserError(f"{path} is missing: {export_dir} is not a complete export; re-run `s4op-micro export`")
     try:
-        return int(json.loads((Path(export_dir) / "report.json").read_text())["flash_bytes"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 64 * 1024
-
-
-# ---------------------------------------------------------------------------------------------
-# an in-memory model -> firmware -> QEMU (the latency oracle and the LUT)
+        return int(json.loads(path.read_text())["flash_bytes"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise UserError(f"{path} is corrupt (no flash_bytes); re-run `s4op-micro export` to re-create it") from None
 
 
 def _inputs(model, data, n, seed=0, calib_x=None):

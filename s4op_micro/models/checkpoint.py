@@ -39,6 +39,10 @@ def save_checkpoint(path, model, normalization, dataset, metrics, **extra):
 def load_checkpoint(path):
     """The checkpoint dict, or a UserError saying what is wrong with the file."""
     path = Path(path)
+    if path.is_dir():
+        inside = path / "model.pt"
+        raise UserError(f"{path} is a directory; pass the checkpoint file" + (f" {inside}" if inside.is_file() else
+                                                                             " (DIR/model.pt)"))
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; train one with `s4op-micro train --out DIR`")
     try:

@@ -1,6 +1,7 @@
 """A real board: flash it with pyocd, read its benchmark output from a serial port."""
 
 import contextlib
+import io
 import logging
 import sys
 import time
@@ -29,7 +30,8 @@ def flash(project_or_hex, board, probe=None):
     except ImportError:
         raise UserError("pyocd is not installed; install it: pip install 's4op-micro[board]' (or pip install pyocd)") from None
     logging.getLogger("pyocd").setLevel(logging.WARNING)   # pyocd's chatter stays off stdout (and --json)
-    with contextlib.redirect_stdout(sys.stderr):   # the probe first: no build for a board that is not there
+    with contextlib.redirect_stdout(io.StringIO()):   # the probe first: no build for a board that is not there;
+        # pyocd prints its own coloured "No connected debug probes": our one line says it instead
         session = ConnectHelper.session_with_chosen_probe(unique_id=probe, target_override=board.pyocd_target,
                                                           blocking=False, return_first=probe is None,
                                                           options={"frequency": 4_000_000})

@@ -15,6 +15,7 @@ from ..codegen.project import FIRMWARE_SOURCES, HOST_FIRMWARE_SOURCES, compile_f
 from ..core.boards import get_board
 from ..core.checks import check_fits
 from ..core.errors import UserError
+from ..core.outdir import check_output_path
 from ..core.proc import run_tool
 from ..core.progress import log, quiet
 from ..core.resources import firmware_dir
@@ -133,10 +134,11 @@ def build(project_dir, board, host=False, out_dir=None, defines=(), extra_source
     ARM: ELF, HEX, BIN, map and a size report checked against the board's flash/RAM budget.
     host: a native executable (no start-up code; counter 0, unit "none")."""
     board = None if (host and board is None) else get_board(board)
-    project = check_export_dir(project_dir, required=("include/s4op_model.h",))
-    sources = sorted((project / "src").glob("*.c")) + [Path(s) for s in extra_sources]
+    project = check_export_dir(project_dir, required=("include/s4op_model.h",)).resolve()
+    sources = sorted((project / "src").glob("*.c")) + [Path(s).resolve() for s in extra_sources]
     name = "host" if host else board.name
-    out = Path(out_dir) if out_dir else project / "build" / name
+    # absolute paths: a directory named like an option ("-1") must not reach gcc as one
+    out = check_output_path(out_dir, allow_existing=True).resolve() if out_dir else project / "build" / name
     out.mkdir(parents=True, exist_ok=True)
     build_log = out / "build.log"
     build_log.write_text("")
