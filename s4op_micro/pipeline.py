@@ -226,8 +226,8 @@ def results_rows(results):
             "model": m, "float": emu["float_accuracy"], "int8 ref": emu["reference_accuracy"],
             "firmware": emu["accuracy"], "tflm": tflm.get("accuracy"), "mismatches": emu["mismatches"],
             "tflm max LSB": tflm.get("max_lsb_diff"),
-            "operators": kept, "model flash B": exp.get("flash_bytes"), "model RAM B": exp.get("ram_bytes"),
-            "firmware flash B": results["build"][m]["flash_bytes"], "firmware RAM B": results["build"][m]["ram_bytes"],
+            "operators": kept, "flash_bytes": exp.get("flash_bytes"), "ram_bytes": exp.get("ram_bytes"),
+            "firmware_flash_bytes": results["build"][m]["flash_bytes"], "firmware_ram_bytes": results["build"][m]["ram_bytes"],
             "instructions/step": emu["instructions_per_step"], "cycles/step": emu["cycles_per_step"],
             "cycles_source": emu["cycles_source"],
         })
@@ -237,14 +237,16 @@ def results_rows(results):
 def results_table(results, board):
     rows = results_rows(results)
     cols = ["model", "float", "int8 ref", "firmware", "tflm", "mismatches", "tflm max LSB", "operators",
-            "model flash B", "model RAM B", "firmware flash B", "firmware RAM B", "instructions/step", "cycles/step"]
+            "flash_bytes", "ram_bytes", "firmware_flash_bytes", "firmware_ram_bytes", "instructions/step", "cycles/step"]
+    heads = {"flash_bytes": "model flash B", "ram_bytes": "model RAM B", "firmware_flash_bytes": "firmware flash B",
+             "firmware_ram_bytes": "firmware RAM B"}
 
     def fmt(v):
         if isinstance(v, float):
             return f"{v:.4f}" if v <= 1.0 else f"{v:,.0f}"
         return "-" if v is None else str(v)
 
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(heads.get(c, c) for c in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
     chosen = results["export"]["chosen"]
     base, pruned = rows

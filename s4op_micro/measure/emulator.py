@@ -192,20 +192,6 @@ def run_export(export_dir, board, qmodel, test, timeout=120.0):
         result["first_mismatch"] = mismatch
     return result
 
-def format_run(r):
-    """The lines `run --emulator qemu` adds to the run summary."""
-    lines = [f"{r['instructions_per_step']:.1f} instructions/step on {r['board']} ({r['machine']}), "
-             f"~{r['cycles_per_step']:.0f} cycles/step (~{r['us_per_step']:.1f} us at {r['clock_hz'] / 1e6:g} MHz)",
-             f"cycles: {r['cycles_source']}"]
-    for L in r["layers"]:
-        lines.append(f"  layer {L['layer']}: {L['instructions_per_step']:.1f} instructions/step ({100 * L['share']:.1f}%)")
-    lines.append(f"  outside the layers (encoder, pooling, decoder, calls): {r['outside_layers_instructions_per_step']:.1f}")
-    if r.get("first_mismatch"):
-        m = r["first_mismatch"]
-        lines.append(f"first mismatch: sequence {m['sequence']}: firmware {m['firmware']} vs reference {m['reference']}")
-    return "\n".join(lines)
-
-
 def _model_flash(export_dir):
     """The model's flash (DIR/report.json), to size the chunks of test vectors next to it."""
     path = Path(export_dir) / "report.json"

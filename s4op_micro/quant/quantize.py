@@ -30,6 +30,7 @@ import math
 
 import numpy as np
 
+from ..core.checks import coeff_bits as check_coeff_bits
 from ..core.errors import UserError
 from . import intmath as im
 from .discretize import Ranges, discretize, gelu, run_float, sigmoid
@@ -200,8 +201,7 @@ def per_mode(values, mode_start):
 def quantize_model(model, calib_x, coeff_bits=8):
     """Calibrate on calib_x (n, L, d_input) float and quantize. model: SequenceClassifier (eval) or a
     FloatGraph."""
-    if coeff_bits not in (8, 16):
-        raise UserError(f"--coeff-bits must be 8 or 16, not {coeff_bits}")
+    check_coeff_bits(coeff_bits)
     g = model if hasattr(model, "layers") and hasattr(model, "W_enc") else discretize(model)
     calib_x = np.asarray(calib_x)
     if calib_x.ndim == 2 and g.d_input == 1:
