@@ -106,8 +106,13 @@ def test_training_recipe_budget_and_progress():
     assert info["best_train_loss"] < 0.5 and loss < 0.5, (info, loss)
     # the update cap: 48 sequences in batches of 16 are 3 updates per epoch; 10 updates -> 4 epochs
     info = bp.train_keras(bp.build_cnn(32, 1, 2), tiny_dataset().x_train, tiny_dataset().y_train, epochs=50, seed=1,
-                          max_updates=10)
+                          max_updates=10, batch_size=16)
     assert info["epochs"] == 4
+    # the default batch: min(n / 10, 16) sequences -> 48 sequences in batches of 4, 12 updates per epoch
+    assert [bp.batch_size_for(n) for n in (5, 36, 48, 1437)] == [1, 3, 4, 16]
+    info = bp.train_keras(bp.build_cnn(32, 1, 2), tiny_dataset().x_train, tiny_dataset().y_train, epochs=50, seed=1,
+                          max_updates=30)
+    assert info["batch_size"] == 4 and info["epochs"] == 3
 
 
 def test_minirocket_on_tiny_data():
