@@ -196,7 +196,7 @@ def publish(rows, per_invoke, per_op):
         "figures); TFLM: .tflite bytes + measured arena (+10% + 1 KiB); TFLM's interpreter and kernel code "
         "is not counted (it would add to TFLM's side). memory_ratio = ours / TFLM.",
         "Both outputs equal the integer reference at every compared step (the TFLM graph is bit-exact).",
-        "The TFLM graph is the exact one of s4op_micro/export/tflm.py (16x16 BATCH_MATMUL state update, "
+        "The TFLM graph is the exact one of s4op_micro/codegen/tflm.py (16x16 BATCH_MATMUL state update, "
         "int32 readout); its largest cost is BATCH_MATMUL's per-mode batch loop (one 2 x C product per mode, C = 3-4).",
         "Models are untrained but calibrated; costs and sizes depend on shapes only.",
     ]

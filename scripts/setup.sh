@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything s4op-micro needs on a Debian machine (run as root), idempotently:
 # the Cortex-M toolchain and QEMU from Debian, a virtualenv at .venv with the package and its
-# test/TFLM/board/Ray extras. Re-running it is fast: installed things are not reinstalled.
+# test/TFLM/board/Ray/peers extras. Re-running it is fast: installed things are not reinstalled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
