@@ -26,6 +26,7 @@ BENCHMARKS = {
     "latency": ("bench_latency.py", ["--quick"]),
     "scaling": ("bench_scaling.py", ["--quick"]),
     "peers": ("bench_peers.py", ["--quick"]),
+    "step": ("bench_step.py", ["--quick"]),
 }
 
 
