@@ -60,6 +60,21 @@ def cli(*argv):
         raise SystemExit(f"s4op-micro {argv[0]} failed")
 
 
+def collect_dataset(work):
+    """A dataset's results from the pareto.json files an earlier (possibly interrupted) run left in
+    WORK/<dataset>/<variant>; None unless every variant finished."""
+    models, finetune = {}, {}
+    for variant in (*VARIANTS, "guided-to-2x"):
+        path = work / variant / "pareto.json"
+        if not path.is_file():
+            return None
+        saved = json.loads(path.read_text())
+        models["unpruned"] = [e for e in saved["models"] if e["strategy"] == "unpruned"]
+        models[variant] = [e for e in saved["models"] if e["strategy"] != "unpruned"]
+        finetune[variant] = next(iter(saved["finetune"].values()))
+    return {"models": models, "seconds": {}, "finetune": finetune}
+
+
 def run_dataset(name, args, work):
     cap = 400 if args.quick else args.max_train_digits
     data = ["--dataset", name] + (["--max-train", cap] if cap and name == "digits" else [])
@@ -204,6 +219,7 @@ def parse_args(argv=None):
     p.add_argument("--work", default=str(ROOT / "runs" / "bench_prune"), help="where models go")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--render-only", action="store_true", help="rewrite prune.md and prune.png from prune.json")
+    p.add_argument("--collect", action="store_true", help="no runs: gather the datasets an earlier run finished in --work")
     args = p.parse_args(argv)
     # s4op: the published recipe unless overridden (--quick overrides it too)
     args.s4op_seeds = args.seeds or (2 if args.quick else None)
@@ -224,13 +240,19 @@ def main_bench(argv=None):
     if args.render_only:
         return render(Path(args.results))
     started = time.time()
-    results = {name: run_dataset(name, args, Path(args.work) / name) for name in args.datasets.split(",")}
+    if args.collect:
+        found = {name: collect_dataset(Path(args.work) / name) for name in args.datasets.split(",")}
+        results = {k: v for k, v in found.items() if v is not None}
+        args.collected = [k for k in found if found[k] is not None]
+    else:
+        results = {name: run_dataset(name, args, Path(args.work) / name) for name in args.datasets.split(",")}
     any_entry = next(iter(results.values()))["models"]["unpruned"][0]
     config = {"mode": "quick" if args.quick else "full", "seeds": args.seeds, "finetune_epochs": args.finetune_epochs,
               "rates": list(RATES), "board": args.board, "cycles_source": any_entry["cycles_source"],
               "variants": {k: " ".join(v) for k, v in {**VARIANTS, "guided-to-2x": TO_2X}.items()},
               "seconds": round(time.time() - started, 1),
-              "note": ("quick" if args.quick else "s4op: published recipe") + (f"; digits: {args.max_train_digits} training "
+              "note": ("quick" if args.quick else "s4op: published recipe")
+              + (f"; collected from finished runs: {', '.join(args.collected)}" if args.collect else "") + (f"; digits: {args.max_train_digits} training "
                                                                               "sequences" if args.max_train_digits else "")}
     checks = summarize(results)
     out = Path(args.results)
