@@ -4,6 +4,10 @@
 
   analytic   MAC and load counts per step (export.cost_report, from the model's shapes) x per-core
              costs (CORE_COSTS, keyed by the board's cpu). Always available. Source "analytic estimate".
+             A width cut (a narrower d_model) is priced through the shapes like any other model: on
+             the default UCR shape (32/32/2, cortex-m7) the cycles it saves, as a fraction of the
+             model's, are within 10% of QEMU's, and scaled by one measurement (the emulator oracle's
+             `estimate`) within 3% (tests/test_prune.py); the unscaled M7 figures run ~9% high.
   lut:FILE   a per-layer cost table measured once on the emulator or a board (format below).
              Source: the table's own ("emulator instruction count" or "board DWT cycles").
   emulator   measure each model's firmware in QEMU: deterministic instruction counts.
@@ -33,7 +37,8 @@ LUT format (JSON), one table per board and model shape:
 
 A block's cycles at a width between two measured widths are interpolated linearly (outside them,
 extrapolated from the nearest two); modes pruned count as fractional operators; a dropped block
-costs 0. A table for another board or model shape is refused.
+costs 0. A table for another board or model shape is refused, and so is --granularity width with
+a table (it has no narrower-d_model entries).
 """
 
 import json
