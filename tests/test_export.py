@@ -120,7 +120,7 @@ def test_streaming_scores_follow_the_float_model(trained):
     s = ref.run_steps(ref.quantize_input(x))
     with torch.no_grad():
         f = model.forward_recurrent(torch.as_tensor(x).float()).numpy()
-    lsb = np.abs(s.astype(np.float64) - (f / q.tensors["logits"]["scale"] + q.tensors["logits"]["zero_point"]))
+    lsb = np.abs(s.astype(np.float64) - (f / q.tensors["logits"].scale + q.tensors["logits"].zero_point))
     med, p99 = np.median(lsb), np.percentile(lsb, 99)
     print(f"\nstreaming |int - float| in LSB: median {med:.2f}, 99th percentile {p99:.2f}, max {lsb.max():.2f}")
     assert med <= 3 and p99 <= 16

@@ -63,7 +63,7 @@ def check_exact(m, seed, bits, L, tmp, dsp=False):
     exe = compile_host(tmp, tmp / "build", debug=True, extra=extra)
     # random int8 inputs over the whole range: far outside calibration, so saturation does happen
     x = rng.integers(-128, 128, size=(5, L, m.config["d_input"]), dtype=np.int64).astype(np.int8)
-    c_scores, counters = run_host(exe, x, q.meta["n_classes"], every_step=True)
+    c_scores, counters = run_host(exe, x, q.meta.n_classes, every_step=True)
     r_scores = ref.run_steps(x)
     assert np.array_equal(c_scores, r_scores)
     assert counters == {"sat_state": ref.sat_state, "sat_act": ref.sat_act}

@@ -14,8 +14,8 @@ from ..quant import quantize as qz
 from .env import environment
 
 def _fc_ctx(p):
-    return {"w": p["w"], "bias": p["bias_eff"], "mult": p["mult"], "shift": p["shift"], "n_out": p["w"].shape[0],
-            "n_in": p["w"].shape[1], "out_zp": p["out_zp"]}
+    return {"w": p.w, "bias": p.bias_eff, "mult": p.rq.mult, "shift": p.rq.shift, "n_out": p.n_out,
+            "n_in": p.n_in, "out_zp": p.out_zp}
 
 
 def _c_words(c_re, c_im, mode_start, bits):
@@ -36,31 +36,37 @@ def _c_words(c_re, c_im, mode_start, bits):
 def template_context(q, source="model"):
     layers, off = [], 0
     for L in q.layers:
-        s = L["ssm"]
-        ms = np.asarray(s["mode_start"])
-        ctx = {"n_ch": len(s["channels"]), "n_modes": int(ms[-1]), "state_off": off, "ch": s["channels"], "ms": ms,
-               "sh": s["sh"], "k": s["k"] if s["has_k"] else None, "d": s["d"], "bias": s["bias"], "mult": s["mult"],
-               "shift": s["shift"], "in_zp": s["in_zp"], "out_zp": s["out_zp"], "gelu": L["gelu"],
-               "sigmoid": L["sigmoid"], "fc_a": _fc_ctx(L["fc_a"]), "fc_b": _fc_ctx(L["fc_b"]),
-               "n_active": int(np.sum(s["active"])), "n_bypassed": int(len(s["channels"]) - np.sum(s["active"])),
-               "n_removed": q.meta["d_model"] - len(s["channels"])}
-        if q.meta["coeff_bits"] == 16:
-            ctx["a"] = np.stack([s["a_re"], s["a_im"]], 1).ravel()
+        s = L.ssm
+        ms = np.asarray(s.mode_start)
+        ctx = {"n_ch": s.n_kept, "n_modes": s.n_modes, "state_off": off, "ch": s.channels, "ms": ms,
+               "sh": s.sh, "k": s.k if s.has_k else None, "d": s.d, "bias": s.bias, "mult": s.out.mult,
+               "shift": s.out.shift, "in_zp": s.in_zp, "out_zp": s.out_zp, "gelu": L.gelu,
+               "sigmoid": L.sigmoid, "fc_a": _fc_ctx(L.fc_a), "fc_b": _fc_ctx(L.fc_b),
+               "n_active": int(np.sum(s.active)), "n_bypassed": int(s.n_kept - np.sum(s.active)),
+               "n_removed": q.meta.d_model - s.n_kept}
+        if q.meta.coeff_bits == 16:
+            ctx["a"] = np.stack([s.a_re, s.a_im], 1).ravel()
         else:
-            ctx["code"] = np.stack([s["rho"], s["phi"]], 1).ravel()
-            ctx["code_ch"] = np.stack([s["lg_lo"], s["lg_step"], s["dth"]], 1).ravel()
-        ctx["c"] = _c_words(s["c_re"], s["c_im"], ms, q.meta["coeff_bits"])
-        m, a = L["mul"], L["add"]
-        ctx["mul"] = [m["in1_zp"], m["in2_zp"], m["mult"], m["shift"], m["out_zp"]]
-        ctx["add"] = [a["in1_zp"], a["in2_zp"], a["out_zp"], a["in1_mult"], a["in1_shift"], a["in2_mult"],
-                      a["in2_shift"], a["out_mult"], a["out_shift"]]
-        ctx["post"] = L.get("post")
-        off += int(ms[-1])
+            p = s.polar
+            ctx["code"] = np.stack([p.rho, p.phi], 1).ravel()
+            ctx["code_ch"] = np.stack([p.lg_lo, p.lg_step, p.dth], 1).ravel()
+        ctx["c"] = _c_words(s.c_re, s.c_im, ms, q.meta.coeff_bits)
+        m, a = L.mul, L.add
+        ctx["mul"] = [m.in1_zp, m.in2_zp, int(m.rq.mult), int(m.rq.shift), m.out_zp]
+        ctx["add"] = [a.in1_zp, a.in2_zp, a.out_zp, int(a.in1.mult), int(a.in1.shift), int(a.in2.mult),
+                      int(a.in2.shift), int(a.out.mult), int(a.out.shift)]
+        ctx["post"] = None if L.post is None else {"w": L.post.w, "bias": L.post.bias, "mult": L.post.rq.mult,
+                                                   "shift": L.post.rq.shift, "in_zp": L.post.in_zp,
+                                                   "out_zp": L.post.out_zp}
+        off += s.n_modes
         layers.append(ctx)
-    return {"version": __version__, "source": source, "meta": q.meta, "tensors": q.tensors, "layers": layers,
-            "enc": _fc_ctx(q.enc), "dec": _fc_ctx(q.dec), "coeff_bits": q.meta["coeff_bits"], "total_modes": off,
-            "max_kept": max([len(L["ssm"]["channels"]) for L in q.layers] + [1]), "pool_frac": qz.POOL_FRAC,
-            "pool_zp": q.tensors[f"h{len(q.layers)}"]["zero_point"]}
+    meta = {"d_input": q.meta.d_input, "n_classes": q.meta.n_classes, "n_layers": q.meta.n_layers,
+            "d_model": q.meta.d_model, "coeff_bits": q.meta.coeff_bits, "ssm": q.meta.ssm, "prenorm": q.meta.prenorm}
+    tensors = {k: {"scale": t.scale, "zero_point": t.zero_point} for k, t in q.tensors.items()}
+    return {"version": __version__, "source": source, "meta": meta, "tensors": tensors, "layers": layers,
+            "enc": _fc_ctx(q.enc), "dec": _fc_ctx(q.dec), "coeff_bits": q.meta.coeff_bits, "total_modes": off,
+            "max_kept": max([L.ssm.n_kept for L in q.layers] + [1]), "pool_frac": qz.POOL_FRAC,
+            "pool_zp": q.tensors[f"h{len(q.layers)}"].zero_point}
 
 
 MODEL_FILES = ["include/s4op_model.h", "src/s4op_internal.h", "src/s4op_model.c", "src/s4op_weights.c"]

@@ -8,7 +8,7 @@ ram_bytes   = the static state struct + the decoder's stack buffer.
 
 import numpy as np
 
-from .quantize import QuantizedModel
+from .qmodel import QuantizedModel
 
 CODE_BYTES = {16: 1320, 8: 2400}
 
@@ -40,11 +40,11 @@ def _shapes_from_model(model):
 def _shapes_from_qmodel(q):
     layers = []
     for L in q.layers:
-        s = L["ssm"]
-        layers.append({"modes_per_channel": np.diff(s["mode_start"]).tolist(), "n_active": int(np.sum(s["active"])),
-                       "n_removed": q.meta["d_model"] - len(s["channels"]), "has_k": bool(s["has_k"])})
+        s = L.ssm
+        layers.append({"modes_per_channel": np.diff(s.mode_start).tolist(), "n_active": int(np.sum(s.active)),
+                       "n_removed": q.meta.d_model - s.n_kept, "has_k": s.has_k})
     m = q.meta
-    return {"d_input": m["d_input"], "n_classes": m["n_classes"], "d_model": m["d_model"], "prenorm": m["prenorm"],
+    return {"d_input": m.d_input, "n_classes": m.n_classes, "d_model": m.d_model, "prenorm": m.prenorm,
             "layers": layers}
 
 
@@ -62,7 +62,7 @@ def cost_report(model_or_qmodel, coeff_bits=8):
     pairs and int8 quads are one load each)."""
     if isinstance(model_or_qmodel, QuantizedModel):
         sh = _shapes_from_qmodel(model_or_qmodel)
-        coeff_bits = model_or_qmodel.meta["coeff_bits"]
+        coeff_bits = model_or_qmodel.meta.coeff_bits
     else:
         sh = _shapes_from_model(model_or_qmodel)
     H, C, NC = sh["d_model"], sh["d_input"], sh["n_classes"]
