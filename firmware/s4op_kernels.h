@@ -69,6 +69,13 @@ static inline int32_t pack16(int32_t lo, int32_t hi)
 #endif
 }
 
+/* keep a constant in a register (GCC would rebuild it as an immediate and lose an MLA) */
+#if defined(__GNUC__)
+#define S4OP_IN_REGISTER(v) __asm__("" : "+r"(v))
+#else
+#define S4OP_IN_REGISTER(v) ((void)0)
+#endif
+
 static inline uint32_t load32(const void *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 
 /* @phase requant */
@@ -152,17 +159,22 @@ static inline int32_t mode_step(int32_t *state, int32_t a, int32_t in14, int32_t
 }
 
 /* @phase mixer */
-/* ---- two int16 rows (wa, wb: n16 = an even count of int16 weights each, read in order) against
+/* ---- two int16 rows (wa, wb: n16 = a multiple of 4 of int16 weights each, read in order) against
  * the same int16 input g: *a += wa . g, *b += wb . g ---- */
 static inline void dot16x2(const int16_t *wa, const int16_t *wb, const int16_t *g, int n16, int32_t *a, int32_t *b)
 {
     int32_t sa = *a, sb = *b;
     int k;
 #if S4OP_DSP
-    for (k = 0; k < n16; k += 2) {
-        const int32_t gv = (int32_t)load32(g + k);
-        sa = __smlad((int32_t)load32(wa + k), gv, sa);
-        sb = __smlad((int32_t)load32(wb + k), gv, sb);
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC unroll 32
+#endif
+    for (k = 0; k < n16; k += 4) {   /* n16 is a multiple of 4 (the export pads): 64-bit loads */
+        const int32_t g0 = (int32_t)load32(g + k), g1 = (int32_t)load32(g + k + 2);
+        sa = __smlad((int32_t)load32(wa + k), g0, sa);
+        sa = __smlad((int32_t)load32(wa + k + 2), g1, sa);
+        sb = __smlad((int32_t)load32(wb + k), g0, sb);
+        sb = __smlad((int32_t)load32(wb + k + 2), g1, sb);
     }
 #else
     for (k = 0; k < n16; ++k) {

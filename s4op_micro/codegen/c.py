@@ -55,7 +55,7 @@ def _layer_ctx(q, i, L, off):
     s, H = L.ssm, q.meta.d_model
     ms = np.asarray(s.mode_start)
     K, M = s.n_kept, s.n_modes
-    Kp = max(2, K + (K & 1))                      # mixer inputs padded to an even count (int16 pairs)
+    Kp = max(4, -(-K // 4) * 4)                   # mixer inputs padded to a multiple of 4 (two int16 pairs)
     bound = s.acc_bound()
     channels = [{"index": int(s.channels[j]), "n_modes": int(ms[j + 1] - ms[j]), "d": int(s.d[j]),
                  "bias": int(s.bias[j]), "out": _rq(s.out, j)} for j in range(K)]
@@ -65,6 +65,8 @@ def _layer_ctx(q, i, L, off):
            "has_k": s.has_k, "in_zp": s.in_zp, "y_zp": s.out_zp, "ssm_narrow": _narrow(s.out, bound),
            "n_active": int(np.sum(s.active)), "n_bypassed": int(K - np.sum(s.active)), "n_removed": H - K,
            "gelu": L.gelu, "a_q15": _words(s.a_re, s.a_im)}
+    counts = set(np.diff(ms).tolist())
+    ctx["uniform"] = counts.pop() if len(counts) == 1 and M and M // K <= 64 else 0   # unroll the modes
     if s.polar is not None:
         p = s.polar
         ctx["polar_mode"] = [{"rho": int(p.rho[m]), "phi": int(p.phi[m])} for m in range(M)]
