@@ -12,7 +12,11 @@
 #if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP && defined(__ARM_FEATURE_SIMD32) && __ARM_FEATURE_SIMD32 && !defined(S4OP_NO_DSP)
 #include <arm_acle.h>
 #define S4OP_DSP 1
-#define S4OP_ASM 1
+#if defined(__GNUC__) && defined(__arm__)
+#define S4OP_ASM 1       /* PKHBT and SMMULR as inline assembly (GCC does not emit them from C) */
+#else
+#define S4OP_ASM 0       /* a host build of the DSP path through an intrinsics shim: the C versions */
+#endif
 #elif defined(S4OP_SHIM_DSP)   /* host test of the DSP path: the instructions in C */
 #define S4OP_DSP 1
 #define S4OP_ASM 0
