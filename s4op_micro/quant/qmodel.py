@@ -137,8 +137,8 @@ class Recurrence:
     def acc_bound(self):
         """Per kept channel, max |bias + d u + sum Re(c x~)| over every int16 state and int8 input."""
         ms = self.mode_start
-        l1 = np.add.reduceat(np.abs(self.c_re) + np.abs(self.c_im), ms[:-1]) if self.n_modes else 0
-        l1 = np.where(np.diff(ms) > 0, l1, 0)
+        cs = np.concatenate([[0], np.cumsum(np.abs(self.c_re) + np.abs(self.c_im))]).astype(np.int64)
+        l1 = cs[ms[1:]] - cs[ms[:-1]]
         return 32768 * l1 + 255 * np.abs(self.d) + np.abs(self.bias)
 
 
