@@ -29,6 +29,13 @@ static int32_t __ssat(int32_t v, int bits) { const int32_t m = (1 << (bits - 1))
 #define S4OP_ASM 0
 #endif
 
+#if !S4OP_DSP && defined(__ARM_FEATURE_SAT) && __ARM_FEATURE_SAT && defined(__GNUC__) && defined(__arm__)
+#include <arm_acle.h>
+#define S4OP_SSAT 1      /* Cortex-M3: SSAT without the DSP extension */
+#else
+#define S4OP_SSAT S4OP_DSP
+#endif
+
 #ifdef S4OP_DEBUG
 extern uint32_t s4op_sat_state, s4op_sat_act;
 #define S4OP_COUNT(n, event) ((n) += (event))
@@ -40,7 +47,7 @@ extern uint32_t s4op_sat_state, s4op_sat_act;
 /* ---- saturation to int8 (activations) and int16 (state), counted in debug builds ---- */
 static inline int32_t sat8(int32_t v)
 {
-#if S4OP_DSP
+#if S4OP_SSAT
     const int32_t s = __ssat(v, 8);
 #else
     const int32_t s = v > 127 ? 127 : v < -128 ? -128 : v;
@@ -52,7 +59,7 @@ static inline int32_t sat8(int32_t v)
 /* @phase ssm */
 static inline int32_t sat16(int32_t v)
 {
-#if S4OP_DSP
+#if S4OP_SSAT
     const int32_t s = __ssat(v, 16);
 #else
     const int32_t s = v > 32767 ? 32767 : v < -32768 ? -32768 : v;
@@ -156,7 +163,9 @@ static inline int32_t mode_step(int32_t *state, int32_t a, int32_t in14, int32_t
     const int32_t x_re = (int16_t)x, x_im = x >> 16, a_re = (int16_t)a, a_im = a >> 16;
     const int32_t re = sat16((in14 + a_re * x_re - a_im * x_im) >> 15);
     const int32_t im = sat16(((1 << 14) + a_re * x_im + a_im * x_re) >> 15);
-    *state = pack16(re, im);
+    int16_t nx[2];
+    nx[0] = (int16_t)re, nx[1] = (int16_t)im;
+    memcpy(state, nx, 4);           /* two halfword stores, no packing */
 /* @phase readout */
     return acc + (int16_t)c * re - (c >> 16) * im;
 #endif
