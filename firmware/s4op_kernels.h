@@ -43,7 +43,7 @@ extern uint32_t s4op_sat_state, s4op_sat_act;
 #define S4OP_COUNT(n, event) ((void)0)
 #endif
 
-/* @phase requant */
+/* @phase caller */
 /* ---- saturation to int8 (activations) and int16 (state), counted in debug builds ---- */
 static inline int32_t sat8(int32_t v)
 {
@@ -56,7 +56,7 @@ static inline int32_t sat8(int32_t v)
     return s;
 }
 
-/* @phase ssm */
+/* @phase caller */
 static inline int32_t sat16(int32_t v)
 {
 #if S4OP_SSAT
@@ -89,7 +89,7 @@ static inline int32_t pack16(int32_t lo, int32_t hi)
 
 static inline uint32_t load32(const void *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 
-/* @phase requant */
+/* @phase caller */
 /* ---- requantization: TFLM's MultiplyByQuantizedMultiplier(x, M, shift) ----
  * A record holds what the export computed once (quant/qmodel.py Requant): the multiplier M in
  * [2^30, 2^31), left = max(shift, 0), right = max(-shift, 0), half = 2^(right-1).
@@ -144,7 +144,7 @@ static inline int32_t requant_wide(int32_t x, const s4op_requant_t *q)
                       - (int64_t)((uint32_t)x & 0x80000000u)) >> 32) >> (q->right - 1);
 }
 
-/* @phase ssm */
+/* @phase caller */
 /* ---- one complex mode of the recurrence, in place (docs/integer_contract.md "One step"):
  *   x~ = sat16((A x~ + in + 2^14) >> 15), re and im; in14 = u 2^sh + K + 2^14 (the real input);
  *   returns acc + Re(c x~) = acc + c_re x_re - c_im x_im (the readout).
@@ -157,7 +157,7 @@ static inline int32_t mode_step(int32_t *state, int32_t a, int32_t in14, int32_t
     const int32_t im = sat16(__smladx(a, x, 1 << 14) >> 15);          /* A_re x_im + A_im x_re */
     const int32_t nx = pack16(re, im);
     *state = nx;
-/* @phase readout */
+/* @phase caller */
     return __smlsd(c, nx, acc);
 #else
     const int32_t x_re = (int16_t)x, x_im = x >> 16, a_re = (int16_t)a, a_im = a >> 16;
@@ -166,12 +166,12 @@ static inline int32_t mode_step(int32_t *state, int32_t a, int32_t in14, int32_t
     int16_t nx[2];
     nx[0] = (int16_t)re, nx[1] = (int16_t)im;
     memcpy(state, nx, 4);           /* two halfword stores, no packing */
-/* @phase readout */
+/* @phase caller */
     return acc + (int16_t)c * re - (c >> 16) * im;
 #endif
 }
 
-/* @phase mixer */
+/* @phase caller */
 /* ---- two int16 rows (wa, wb: n16 = a multiple of 4 of int16 weights each, read in order) against
  * the same int16 input g: *a += wa . g, *b += wb . g ---- */
 static inline void dot16x2(const int16_t *wa, const int16_t *wb, const int16_t *g, int n16, int32_t *a, int32_t *b)

@@ -65,8 +65,8 @@ def _layer_ctx(q, i, L, off):
            "has_k": s.has_k, "in_zp": s.in_zp, "y_zp": s.out_zp, "ssm_narrow": _narrow(s.out, bound),
            "n_active": int(np.sum(s.active)), "n_bypassed": int(K - np.sum(s.active)), "n_removed": H - K,
            "gelu": L.gelu, "a_q15": _words(s.a_re, s.a_im)}
-    counts = set(np.diff(ms).tolist())
-    ctx["uniform"] = counts.pop() if len(counts) == 1 and M and M // K <= 64 else 0   # unroll the modes
+    most = int(np.diff(ms).max(initial=0))
+    ctx["unroll"] = most if most <= 64 else 0      # unroll every channel's modes (a switch on the count)
     if s.polar is not None:
         p = s.polar
         ctx["polar_mode"] = [{"rho": int(p.rho[m]), "phi": int(p.phi[m])} for m in range(M)]
