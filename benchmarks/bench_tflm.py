@@ -180,7 +180,7 @@ def main():
             tflm_mem = len(model_bytes) + size
             dispatch = per_invoke + per_op * (info["n_operators"] - 1)
             rows.append({
-                "model": name, "modes": int(sum(len(l["ssm"]["a_re"]) for l in q.layers)),
+                "model": name, "modes": int(sum(l.ssm.n_modes for l in q.layers)),
                 "c_insn_per_step": round(c_insn), "tflm_insn_per_step": round(t_insn),
                 "insn_ratio": round(t_insn / c_insn, 1),
                 "tflm_operators": info["n_operators"], "tflm_dispatch_insn": round(dispatch),

@@ -211,9 +211,9 @@ def run_export(export_dir, qmodel, reference, test):
     it = interpreter(model_bytes, size, str(path))
     m = qmodel.meta
     shapes = (list(it.get_input_details(0)["shape"]), list(it.get_output_details(0)["shape"]))
-    if shapes != ([1, m["d_input"]], [1, m["n_classes"]]):
-        raise UserError(f"{path} takes {shapes[0]} and gives {shapes[1]}; DIR's model needs [1, {m['d_input']}] "
-                        f"-> [1, {m['n_classes']}]: re-export with --formats c,tflm")
+    if shapes != ([1, m.d_input], [1, m.n_classes]):
+        raise UserError(f"{path} takes {shapes[0]} and gives {shapes[1]}; DIR's model needs [1, {m.d_input}] "
+                        f"-> [1, {m.n_classes}]: re-export with --formats c,tflm")
     got = run_sequences(it, test.x_int8)
     want = reference.run_steps(test.x_int8)
     pred, ref_pred = got[:, -1].argmax(-1), want[:, -1].argmax(-1)

@@ -29,9 +29,9 @@ from .quantize import POOL_FRAC
 
 def fc(p, x):
     """int8 FULLY_CONNECTED: x (n, K) int -> (n, O) int8 values."""
-    acc = p["bias_eff"] + x @ p["w"].T
+    acc = p.bias_eff + x @ p.w.T
     assert np.abs(acc).max(initial=0) < 2**31, "FC accumulator overflow"
-    return im.mbqm(acc, p["mult"], p["shift"]) + p["out_zp"]
+    return p.rq(acc) + p.out_zp
 
 
 class IntegerReference:
@@ -41,10 +41,10 @@ class IntegerReference:
         self.sat_act = 0
         self._prep = []
         for layer in qmodel.layers:
-            s = layer["ssm"]
-            ms = np.asarray(s["mode_start"])
+            s = layer.ssm
+            ms = np.asarray(s.mode_start)
             self._prep.append({"mode_ch": np.repeat(np.arange(len(ms) - 1), np.diff(ms)),
-                               "pow": np.int64(1) << s["sh"].astype(np.int64)})
+                               "pow": np.int64(1) << s.sh.astype(np.int64)})
 
     def _sat8(self, v):
         self.sat_act += int(((v < -128) | (v > 127)).sum())
@@ -66,10 +66,9 @@ class IntegerReference:
         n, L, _ = x.shape
         if L < 1:
             raise ValueError("sequences need at least one step")
-        states = [(np.zeros((n, len(l["ssm"]["a_re"])), np.int64), np.zeros((n, len(l["ssm"]["a_re"])), np.int64))
-                  for l in q.layers]
-        z_last = q.tensors[f"h{len(q.layers)}"]["zero_point"]
-        pool = np.zeros((n, q.meta["d_model"]), np.int64)
+        states = [(np.zeros((n, l.ssm.n_modes), np.int64), np.zeros((n, l.ssm.n_modes), np.int64)) for l in q.layers]
+        z_last = q.tensors[f"h{len(q.layers)}"].zero_point
+        pool = np.zeros((n, q.meta.d_model), np.int64)
         out = []
         for t in range(L):
             h = self._sat8(fc(q.enc, x[:, t]))
@@ -82,29 +81,29 @@ class IntegerReference:
         return np.stack(out, axis=1) if every_step else out[-1]
 
     def _layer(self, i, layer, h, states):
-        s, prep = layer["ssm"], self._prep[i]
+        s, prep = layer.ssm, self._prep[i]
         xr, xi = states[i]
-        u = h[:, s["channels"]] - s["in_zp"]
+        u = h[:, s.channels] - s.in_zp
         um = u[:, prep["mode_ch"]]
-        xr, xi, nsat = state_update(s["a_re"], s["a_im"], xr, xi, um * prep["pow"] + s["k"])
+        xr, xi, nsat = state_update(s.a_re, s.a_im, xr, xi, um * prep["pow"] + s.k)
         self.sat_state += nsat
         states[i] = (xr, xi)
-        contrib = s["c_re"] * xr - s["c_im"] * xi
+        contrib = s.c_re * xr - s.c_im * xi
         cs = np.concatenate([np.zeros((len(h), 1), np.int64), np.cumsum(contrib, axis=1)], axis=1)
-        ms = s["mode_start"]
-        acc = s["bias"] + s["d"] * u + cs[:, ms[1:]] - cs[:, ms[:-1]]
+        ms = s.mode_start
+        acc = s.bias + s.d * u + cs[:, ms[1:]] - cs[:, ms[:-1]]
         assert np.abs(acc).max(initial=0) < 2**31, "readout overflow"
-        y = self._sat8(im.mbqm(acc, s["mult"], s["shift"]) + s["out_zp"])
-        g = layer["gelu"][y + 128]
-        a = self._sat8(fc(layer["fc_a"], g))
-        b = self._sat8(fc(layer["fc_b"], g))
-        sg = layer["sigmoid"][b + 128]
-        m = layer["mul"]
-        z = self._sat8(im.mbqm((a - m["in1_zp"]) * (sg - m["in2_zp"]), m["mult"], m["shift"]) + m["out_zp"])
-        r = self._sat8(add(layer["add"], h, z))
-        if "post" in layer:
-            p = layer["post"]
-            r = self._sat8(im.mbqm(p["w"] * (r - p["in_zp"]) + p["bias"], p["mult"], p["shift"]) + p["out_zp"])
+        y = self._sat8(s.out(acc) + s.out_zp)
+        g = layer.gelu[y + 128]
+        a = self._sat8(fc(layer.fc_a, g))
+        b = self._sat8(fc(layer.fc_b, g))
+        sg = layer.sigmoid[b + 128]
+        m = layer.mul
+        z = self._sat8(m.rq((a - m.in1_zp) * (sg - m.in2_zp)) + m.out_zp)
+        r = self._sat8(add(layer.add, h, z))
+        if layer.post is not None:
+            p = layer.post
+            r = self._sat8(p.rq(p.w * (r - p.in_zp) + p.bias) + p.out_zp)
         return r
 
     def run(self, x):
@@ -129,6 +128,6 @@ def state_update(a_re, a_im, xr, xi, inp):
 
 def add(p, a, b):
     """TFLM int8 ADD (reference_integer_ops::Add) without the final clamp."""
-    s1 = im.mbqm((a - p["in1_zp"]) << p["left_shift"], p["in1_mult"], p["in1_shift"])
-    s2 = im.mbqm((b - p["in2_zp"]) << p["left_shift"], p["in2_mult"], p["in2_shift"])
-    return im.mbqm(s1 + s2, p["out_mult"], p["out_shift"]) + p["out_zp"]
+    s1 = p.in1((a - p.in1_zp) << p.left_shift)
+    s2 = p.in2((b - p.in2_zp) << p.left_shift)
+    return p.out(s1 + s2) + p.out_zp
