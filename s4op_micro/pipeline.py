@@ -36,6 +36,7 @@ from .train import evaluate_checkpoint, train
 
 STAGES = ["train", "prune-s4op", "prune-guided", "export", "build", "emulate", "tflm"]
 MODELS = ("base", "pruned")
+START = ("unpruned", "start")   # pareto.json's entry of the model pruning started from (an imported one may be pruned)
 # The guided stage: operators, modes and whole residual channels (a narrower d_model), every kept
 # model measured in QEMU, on past the rates until the measured cycles per step are halved (with a
 # margin for the test set's data-dependent branches); choose_pruned then keeps the cheapest model
@@ -125,7 +126,7 @@ def choose_pruned(run, base, max_drop):
     (test accuracy decides nothing: it is what we report). None when no pruned model qualifies."""
     models = _pareto_models(run)
     guided = [m for m in models if m["strategy"] == "guided"]
-    base_val = next((m["val_accuracy"] for m in models if m["strategy"] == "unpruned"), None)
+    base_val = next((m["val_accuracy"] for m in models if m["strategy"] in START), None)
     within = [m for m in guided if base_val is not None and 100 * (base_val - m["val_accuracy"]) <= max_drop + 1e-9]
     return min(within, key=lambda m: (m["cycles_per_step"], -m["val_accuracy"])) if within else None
 
@@ -156,7 +157,7 @@ def run_stage(stage, o, run, results):
         chosen = ({**pick, "within_budget": True} if pick else
                   {"strategy": "none", "rate": 0.0, "path": str(base), "within_budget": False})
         pareto.mark_chosen(run / "prune", chosen["path"] if pick else
-                           next(m["path"] for m in _pareto_models(run) if m["strategy"] == "unpruned"),
+                           next(m["path"] for m in _pareto_models(run) if m["strategy"] in START),
                            "deployed" if pick else "deployed (none within --max-drop)")
         out = {"chosen": chosen}
         for name, model in (("base", base), ("pruned", chosen["path"])):
