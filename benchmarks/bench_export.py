@@ -2,7 +2,10 @@
 200 training sequences of 430 steps, timed per phase, for this tree and (--baseline REV) for the
 code of a git revision, in the same run, with a bit-for-bit comparison of what both export.
 
-    python benchmarks/bench_export.py [--baseline REV] [--formats c,tflm] [--work DIR] [--epochs 1]
+    python benchmarks/bench_export.py [--baseline REV|none] [--quick] [--formats c,tflm] [--work DIR]
+
+--baseline defaults to BEFORE_REV, the last revision before the whole-sequence calibration and
+reference (its export takes ~4 minutes here); --quick or --baseline none times this tree only.
 
 The data is generated (seeded): a 6-class .npz of 250 train / 100 test sequences of 430 steps, one
 channel (class-dependent sinusoid + noise); export's default validation split leaves 200 training
@@ -40,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+BEFORE_REV = "1d02cb3"    # main before the export speed-up (issue 16, item 4)
 N_TRAIN, N_TEST, LENGTH, CLASSES = 250, 100, 430, 6
 BOARD = "cortex-m7"
 PHASES = ["calibration", "quantization", "reference", "float model", "rendering", "sizes", "tflm", "other"]
@@ -201,7 +205,9 @@ def compare_exports(a, b):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--baseline", help="git revision whose code to time as 'before' (e.g. main); default: none")
+    ap.add_argument("--baseline", default=BEFORE_REV,
+                    help=f"git revision whose code to time as 'before' (default {BEFORE_REV}; 'none': skip)")
+    ap.add_argument("--quick", action="store_true", help="this tree only (no baseline)")
     ap.add_argument("--formats", default="c", help="export formats (default c, export's default; c,tflm adds the TFLM phase)")
     ap.add_argument("--epochs", type=int, default=1, help="training epochs of the benchmark model (default 1)")
     ap.add_argument("--work", help="where the data, model and exports go (default: a temporary directory)")
@@ -209,6 +215,8 @@ def main(argv=None):
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.quick or (a.baseline or "").lower() == "none":
+        a.baseline = None
     if a.phases_only:
         res = timed_export(a.phases_only, a.out, a.formats)
         Path(a.json).write_text(json.dumps(res))
@@ -219,8 +227,12 @@ def main(argv=None):
         model, trained = make_model(work, a.epochs)
         versions = []
         if a.baseline:
-            rev = checkout(a.baseline, work / "baseline")
-            versions.append((f"before ({a.baseline} = {rev})", work / "baseline", work / "export_before"))
+            try:
+                rev = checkout(a.baseline, work / "baseline")
+                versions.append((f"before ({a.baseline} = {rev})", work / "baseline", work / "export_before"))
+            except (OSError, subprocess.CalledProcessError) as e:
+                print(f"no baseline: cannot check out {a.baseline} ({e}); timing this tree only", file=sys.stderr)
+                a.baseline = None
         versions.append(("after (this tree)", ROOT, work / "export_after"))
         results = {label: run_version(code, model, out, a.formats, label) for label, code, out in versions}
         diffs = compare_exports(work / "export_before", work / "export_after") if a.baseline else None

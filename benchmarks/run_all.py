@@ -4,7 +4,7 @@
 
 A failing benchmark does not stop the others; the exit status is non-zero if any failed.
 --quick passes each benchmark's reduced budget where it has one (select, prune, quant, latency,
-scaling: --quick; train and tflm have none and run in full).
+scaling, export: --quick; train and tflm have none and run in full).
 """
 
 import argparse
@@ -25,6 +25,7 @@ BENCHMARKS = {
     "tflm": ("bench_tflm.py", []),
     "latency": ("bench_latency.py", ["--quick"]),
     "scaling": ("bench_scaling.py", ["--quick"]),
+    "export": ("bench_export.py", ["--quick"]),
 }
 
 

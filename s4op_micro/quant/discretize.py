@@ -15,8 +15,10 @@ What happens here (all exact algebra, checked against `SequenceClassifier.forwar
   `post_shift`) on r = h + z.
 
 LayerNorm and token embeddings are refused (UserError): BatchNorm is the MCU default.
-`run_float` streams a FloatGraph over (n, L, C) inputs, vectorized over sequences, and records
-the ranges calibration needs (per tensor min/max, per mode max |state|).
+`run_float` runs a FloatGraph over (n, L, C) inputs layer by layer over whole sequences (the
+recurrence's readout as an FFT convolution, the state magnitudes by a cache-blocked scan) and records
+the ranges calibration needs (per tensor min/max, per mode max |state|); equal to streaming the
+graph one step at a time to float64 round-off.
 """
 
 from dataclasses import dataclass, field
@@ -280,7 +282,8 @@ def impulse_response(dA, dB, C2, mode_start, L):
 
 def ssm_readout(dA, dB, C2, mode_start, u):
     """sum_m Re(C2_m x_m) per channel for u (n, L, K), x the zero-started recurrence
-    x_t = dA x_{t-1} + dB u_t: a causal convolution with `impulse_response`, by FFT in float64."""
+    x_t = dA x_{t-1} + dB u_t: a causal convolution with `impulse_response`, by FFT in float64
+    (over a contiguous time axis: pocketfft is several times slower on a strided one)."""
     from scipy import fft
 
     n, L, K = u.shape
@@ -288,8 +291,9 @@ def ssm_readout(dA, dB, C2, mode_start, u):
         return np.zeros(u.shape)
     k = impulse_response(dA, dB, C2, mode_start, L)
     F = fft.next_fast_len(2 * L - 1, real=True)
-    spec = fft.rfft(u, n=F, axis=1) * fft.rfft(k, n=F, axis=0)
-    return fft.irfft(spec, n=F, axis=1)[:, :L]
+    spec = fft.rfft(np.ascontiguousarray(u.transpose(0, 2, 1)), n=F, axis=2)
+    spec *= fft.rfft(np.ascontiguousarray(k.T), n=F, axis=1)
+    return fft.irfft(spec, n=F, axis=2)[:, :, :L].transpose(0, 2, 1)
 
 
 def state_absmax(dA, dB, mode_start, u, block=32):
