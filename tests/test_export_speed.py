@@ -211,7 +211,7 @@ def test_calibration_equals_stepwise_to_roundoff(case):
 
 @SLOW
 @given(cases())
-def test_quantized_model_and_reference_equal_stepwise(case, monkeypatch_module):
+def test_quantized_model_and_reference_equal_stepwise(monkeypatch_module, case):
     m, seed, bits, L = case
     rng = np.random.default_rng(seed)
     calib = rng.normal(size=(6, max(L, 5), m.config["d_input"])).astype(np.float32)
