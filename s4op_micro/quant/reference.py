@@ -115,17 +115,18 @@ class IntegerReference:
 
 # --- whole-sequence kernels (the same integers as the per-step formulas) -----------------------------
 
-EXACT_F64 = 2**53
+EXACT_F32, EXACT_F64 = 2**24, 2**53
 
 
 def int_matmul(x, w):
-    """x (..., K) @ w.T for integer arrays, exact: as a float64 BLAS product when every partial sum is
-    an integer below 2^53 (then any summation order is exact), else in int64."""
+    """x (..., K) @ w.T for integer arrays, exact: as a BLAS product in float32 (float64) when every
+    partial sum is an integer below 2^24 (2^53), so that any summation order is exact; else in int64."""
     K = x.shape[-1]
-    bound = K * int(np.abs(x).max(initial=0)) * int(np.abs(w).max(initial=0))
+    bound = K * max(-int(x.min(initial=0)), int(x.max(initial=0))) * int(np.abs(w).max(initial=0))
     x2 = x.reshape(-1, K)
     if bound < EXACT_F64:
-        out = (x2.astype(np.float64) @ w.T.astype(np.float64)).astype(np.int64)
+        ft = np.float32 if bound < EXACT_F32 else np.float64
+        out = (x2.astype(ft) @ w.T.astype(ft)).astype(np.int64)
     else:
         out = x2.astype(np.int64) @ w.T.astype(np.int64)
     return out.reshape(*x.shape[:-1], len(w))
