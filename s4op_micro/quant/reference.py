@@ -1,5 +1,7 @@
-"""The integer reference: exactly the arithmetic of the generated C, in numpy int64, vectorized over
-sequences. It is the executable specification: host C and QEMU C must match it bit for bit.
+"""The integer reference: exactly the arithmetic of the generated C, in numpy (int64, or int32/float
+BLAS wherever a bound proves every partial sum exact), layer by layer over whole sequences with
+only the state recurrence stepped in time (`ssm_scan`). It is the executable specification: host C
+and QEMU C must match it bit for bit.
 
 One timestep (all values int32 unless said; sat8/sat16 saturate; MBQM = TFLM's
 MultiplyByQuantizedMultiplier; see docs/integer_contract.md):
