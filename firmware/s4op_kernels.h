@@ -275,6 +275,18 @@ static inline int32_t mode_step(int16_t *state, int32_t a, int32_t u, int32_t in
 } while (0)
 #endif
 
+/* one input of an ARMv6-M dot16x2 chunk (written out 8 times, not .rept: GCC sizes inline assembly by
+ * its statements when it places branches) */
+#define S4OP_DOT6M_INPUT                                                                               \
+    "ldrsh %[gi], [%[g], %[i]]\n\t"                                                                   \
+    "ldrsh %[p], [%[w], %[i]]\n\t"                                                                    \
+    "muls %[p], %[gi], %[p]\n\t"                                                                      \
+    "add %[sa], %[p]\n\t"                                                                             \
+    "ldrsh %[p], [%[wb], %[i]]\n\t"                                                                   \
+    "muls %[p], %[gi], %[p]\n\t"                                                                      \
+    "add %[sb], %[p]\n\t"                                                                             \
+    "adds %[i], %[i], #2\n\t"
+
 /* @phase caller */
 /* ---- two int16 rows against the same int16 input g, in chunks of 8 inputs: w = n8 chunks of
  * {8 value weights, 8 gate weights} (read in order), g = 8 n8 int16; *a += wa . g, *b += wb . g ---- */
@@ -315,16 +327,21 @@ static inline void dot16x2(const int16_t *w, const int16_t *g, int n8, int32_t *
             sb = __smlad((int32_t)load32(w + 8 + i), gi, sb);
         }
     }
-#elif defined(__ARM_ARCH_6M__)
-    /* ARMv6-M: LDRSH has no immediate offset; one word load gives two int16 (SXTH, ASRS) */
+#elif defined(__ARM_ARCH_6M__) && defined(__GNUC__) && !defined(S4OP_NO_ASM)
+    /* ARMv6-M: LDRSH has only a register offset; one byte index i serves g, the value row (w) and the
+     * gate row (w + 16 bytes): 8 instructions per input (GCC's code takes ~12) */
     for (k = 0; k < n8; ++k, w += 16, g += 8) {
-        int i;
-        for (i = 0; i < 8; i += 2) {
-            const int32_t g2 = (int32_t)load32(g + i), a2 = (int32_t)load32(w + i), b2 = (int32_t)load32(w + 8 + i);
-            const int32_t g_lo = (int16_t)g2, g_hi = g2 >> 16;
-            sa += (int16_t)a2 * g_lo + (a2 >> 16) * g_hi;
-            sb += (int16_t)b2 * g_lo + (b2 >> 16) * g_hi;
-        }
+        const int16_t *wb = w + 8;
+        int32_t i, gi, p;
+        __asm__ volatile(
+            ".syntax unified\n\t"                           /* (GCC's Thumb-1 inline assembly is divided) */
+            "movs %[i], #0\n\t"
+            S4OP_DOT6M_INPUT S4OP_DOT6M_INPUT S4OP_DOT6M_INPUT S4OP_DOT6M_INPUT      /* the chunk's 8 inputs */
+            S4OP_DOT6M_INPUT S4OP_DOT6M_INPUT S4OP_DOT6M_INPUT S4OP_DOT6M_INPUT
+            ".syntax divided"
+            : [sa] "+r"(sa), [sb] "+r"(sb), [i] "=&l"(i), [gi] "=&l"(gi), [p] "=&l"(p)
+            : [g] "l"(g), [w] "l"(w), [wb] "l"(wb)
+            : "cc", "memory");
     }
 #else
     for (k = 0; k < n8; ++k, w += 16, g += 8) {
