@@ -50,7 +50,9 @@ static inline int32_t sat8(int32_t v)
 #if S4OP_SSAT
     const int32_t s = __ssat(v, 8);
 #else
-    const int32_t s = v > 127 ? 127 : v < -128 ? -128 : v;
+    int32_t s = v;
+    if ((int8_t)v != v)            /* the common in-range case: SXTB, CMP and one untaken branch */
+        s = v > 0 ? 127 : -128;
 #endif
     S4OP_COUNT(s4op_sat_act, s != v);
     return s;
@@ -62,7 +64,9 @@ static inline int32_t sat16(int32_t v)
 #if S4OP_SSAT
     const int32_t s = __ssat(v, 16);
 #else
-    const int32_t s = v > 32767 ? 32767 : v < -32768 ? -32768 : v;
+    int32_t s = v;
+    if ((int16_t)v != v)           /* the common in-range case: SXTH, CMP and one untaken branch */
+        s = v > 0 ? 32767 : -32768;
 #endif
     S4OP_COUNT(s4op_sat_state, s != v);
     return s;
@@ -133,6 +137,13 @@ static inline int32_t requant_narrow(int32_t x, const s4op_requant_t *q)
     return (s + q->half + (s >> 31)) >> q->right;
 }
 
+/* the same where every record of the site has the same left shift (a literal: no load, no multiply) */
+static inline int32_t requant_narrow_at(int32_t x, const s4op_requant_t *q, int left)
+{
+    const int32_t s = mulhi_round(x * ((int32_t)2 << left), q->multiplier);
+    return (s + q->half + (s >> 31)) >> q->right;
+}
+
 static inline int32_t requant_wide(int32_t x, const s4op_requant_t *q)
 {
     if (!q->right) {   /* a multiplier of 1/2 or more: SRDHM alone */
@@ -146,53 +157,199 @@ static inline int32_t requant_wide(int32_t x, const s4op_requant_t *q)
 
 /* @phase caller */
 /* ---- one complex mode of the recurrence, in place (docs/integer_contract.md "One step"):
- *   x~ = sat16((A x~ + in + 2^14) >> 15), re and im; in14 = u 2^sh + K + 2^14 (the real input);
+ *   x~ = sat16((A x~ + in + 2^14) >> 15), re and im; the real input u b + in14, b = 2^sh, in14 = K + 2^14;
+ *   cb = {c, b} (the mode's constants, adjacent);
  *   returns acc + Re(c x~) = acc + c_re x_re - c_im x_im (the readout).
- * state = x_re | x_im << 16, a = A_re | A_im << 16 (Q15), c = c_re | c_im << 16 (int16 lanes). */
-static inline int32_t mode_step(int32_t *state, int32_t a, int32_t in14, int32_t c, int32_t acc)
+ * state = {x_re, x_im} (int16, read as one word x_re | x_im << 16 on DSP cores), a = A_re | A_im << 16 (Q15), c = c_re | c_im << 16 (int16 lanes). */
+static inline int32_t mode_step(int16_t *state, int32_t a, int32_t u, int32_t in14, const int32_t *cb, int32_t acc)
 {
-    const int32_t x = *state;
 #if S4OP_DSP
-    const int32_t re = sat16(__smlsd(a, x, in14) >> 15);    /* A_re x_re - A_im x_im + in14 */
+    const int32_t x = (int32_t)load32(state), c = cb[0], b = cb[1];
+    const int32_t re = sat16(__smlsd(a, x, in14 + u * b) >> 15);    /* A_re x_re - A_im x_im + in */
     const int32_t im = sat16(__smladx(a, x, 1 << 14) >> 15);          /* A_re x_im + A_im x_re */
     const int32_t nx = pack16(re, im);
-    *state = nx;
+    memcpy(state, &nx, 4);
 /* @phase caller */
     return __smlsd(c, nx, acc);
 #else
-    const int32_t x_re = (int16_t)x, x_im = x >> 16, a_re = (int16_t)a, a_im = a >> 16;
-    const int32_t re = sat16((in14 + a_re * x_re - a_im * x_im) >> 15);
+    const int32_t c = cb[0], in = in14 + u * cb[1];
+    const int32_t x_re = state[0], x_im = state[1], a_re = (int16_t)a, a_im = a >> 16;
+    const int32_t re = sat16((in + a_re * x_re - a_im * x_im) >> 15);
     const int32_t im = sat16(((1 << 14) + a_re * x_im + a_im * x_re) >> 15);
-    int16_t nx[2];
-    nx[0] = (int16_t)re, nx[1] = (int16_t)im;
-    memcpy(state, nx, 4);           /* two halfword stores, no packing */
+    state[0] = (int16_t)re, state[1] = (int16_t)im;   /* two halfword stores, no packing */
 /* @phase caller */
     return acc + (int16_t)c * re - (c >> 16) * im;
 #endif
 }
 
 /* @phase caller */
-/* ---- two int16 rows (wa, wb: n16 = a multiple of 4 of int16 weights each, read in order) against
- * the same int16 input g: *a += wa . g, *b += wb . g ---- */
-static inline void dot16x2(const int16_t *wa, const int16_t *wb, const int16_t *g, int n16, int32_t *a, int32_t *b)
+/* Mode k of a channel, the offsets as literals: st = the channel's RAM words (x~, a per mode),
+ * md = its constants (c, b first). On ARM with DSP one inline-assembly block of 10 instructions (a
+ * macro: the offsets must be literals): two LDRDs (GCC splits the constant pair into two LDRs), MLA,
+ * SMLSD, SMLADX, two SSATs, PKHBT, STR, SMLSD; elsewhere (and in debug builds, which count
+ * saturations) mode_step(). acc is updated in place. */
+#if S4OP_ASM && !defined(S4OP_DEBUG)
+#define MODE_STEP(ST, MD, K, U, IN14, ACC) do {                                                          \
+    int32_t re_, x_, a_, c_, b_, im_;                                                          \
+    __asm__ volatile(                                                                                  \
+        "ldrd %[x], %[a], [%[st], %[so]]\n\t"                                                           \
+        "ldrd %[c], %[b], [%[md], %[mo]]\n\t"                                                           \
+        "mla %[re], %[b], %[u], %[in]\n\t"           /* u b + K + 2^14 */                             \
+        "smlsd %[re], %[a], %[x], %[re]\n\t"          /* re = A_re x_re - A_im x_im + that */             \
+        "smladx %[im], %[a], %[x], %[half]\n\t"       /* im = A_re x_im + A_im x_re + 2^14 */           \
+        "ssat %[re], #16, %[re], asr #15\n\t"                                                           \
+        "ssat %[im], #16, %[im], asr #15\n\t"                                                           \
+        "pkhbt %[re], %[re], %[im], lsl #16\n\t"                                                        \
+        "str %[re], [%[st], %[so]]\n\t"                                                                 \
+        "smlsd %[acc], %[c], %[re], %[acc]"          /* acc += c_re x_re - c_im x_im */                \
+        : [re] "=&r"(re_), [acc] "+&r"(ACC), [x] "=&r"(x_), [a] "=&r"(a_), [c] "=&r"(c_), [b] "=&r"(b_), \
+          [im] "=&r"(im_)                                                                              \
+        : [in] "r"(IN14), [st] "r"(ST), [md] "r"(MD), [u] "r"(U), [half] "r"(1 << 14), [so] "n"((K) * 8),              \
+          [mo] "n"((K) * (int)sizeof *(MD))                                                           \
+        : "memory");                                                                                   \
+} while (0)
+#else
+#define MODE_STEP(st, md, k, u, in14, acc) \
+    ((acc) = mode_step((st)[k].x, (st)[k].a, (u), (in14), &(md)[k].c, (acc)))
+#endif
+
+/* the layer walks its modes two at a time from the end (MODE_PAIR_DOWN) on DSP cores (and their host
+ * test through the shim); elsewhere per mode from a fixed base (MODE_STEP, literal offsets: cheaper
+ * on ARMv6-M/ARMv7-M without DSP) */
+#define S4OP_MODE_PAIRS S4OP_DSP
+
+/* @phase caller */
+/* The modes of a channel without a constant input (in14 = 2^14), walked from the last one down:
+ * st, md point just past the channel's state and constants; MODE_PAIR_DOWN steps the two modes
+ * below them, MODE_ONE_DOWN one, and moves the pointers down. On ARM with DSP a pair is one block of
+ * 18 instructions: LDMDB of both states and A (RAM) and of both (c, b) (flash) into fixed registers
+ * (an LDM register list is ascending), 7 per mode, two STRs. */
+#if S4OP_ASM && !defined(S4OP_DEBUG)
+#define MODE_PAIR_DOWN(ST, MD, U, HALF, ACC)                                                              \
+    __asm__ volatile(                                                                                  \
+        "ldmdb %[st]!, {r8, r9, r12, lr}\n\t"        /* x0, a0, x1, a1 */                              \
+        "ldmdb %[md]!, {r0, r1, r2, r3}\n\t"         /* c0, b0, c1, b1 */                              \
+        "mla r1, r1, %[u], %[h]\n\t"                 /* u b0 + 2^14 */                                 \
+        "smlsd r1, r9, r8, r1\n\t"                   /* re0 */                                         \
+        "smladx r8, r9, r8, %[h]\n\t"                /* im0 */                                         \
+        "ssat r1, #16, r1, asr #15\n\t"                                                                \
+        "ssat r8, #16, r8, asr #15\n\t"                                                                \
+        "pkhbt r8, r1, r8, lsl #16\n\t"                                                                \
+        "str r8, [%[st]]\n\t"                                                                          \
+        "smlsd %[acc], r0, r8, %[acc]\n\t"                                                             \
+        "mla r3, r3, %[u], %[h]\n\t"                 /* the same for mode 1 */                         \
+        "smlsd r3, lr, r12, r3\n\t"                                                                    \
+        "smladx r12, lr, r12, %[h]\n\t"                                                                \
+        "ssat r3, #16, r3, asr #15\n\t"                                                                \
+        "ssat r12, #16, r12, asr #15\n\t"                                                              \
+        "pkhbt r12, r3, r12, lsl #16\n\t"                                                              \
+        "str r12, [%[st], #8]\n\t"                                                                     \
+        "smlsd %[acc], r2, r12, %[acc]"                                                                \
+        : [acc] "+r"(ACC), [st] "+r"(ST), [md] "+r"(MD)                                                \
+        : [u] "r"(U), [h] "r"(HALF)                                                                    \
+        : "r0", "r1", "r2", "r3", "r8", "r9", "r12", "lr", "memory")
+#define MODE_ONE_DOWN(ST, MD, U, HALF, ACC)                                                               \
+    __asm__ volatile(                                                                                  \
+        "ldrd r8, r9, [%[st], #-8]!\n\t"             /* x, a */                                        \
+        "ldrd r0, r1, [%[md], #-8]!\n\t"             /* c, b */                                        \
+        "mla r1, r1, %[u], %[h]\n\t"                                                                   \
+        "smlsd r1, r9, r8, r1\n\t"                                                                     \
+        "smladx r8, r9, r8, %[h]\n\t"                                                                  \
+        "ssat r1, #16, r1, asr #15\n\t"                                                                \
+        "ssat r8, #16, r8, asr #15\n\t"                                                                \
+        "pkhbt r8, r1, r8, lsl #16\n\t"                                                                \
+        "str r8, [%[st]]\n\t"                                                                          \
+        "smlsd %[acc], r0, r8, %[acc]"                                                                 \
+        : [acc] "+r"(ACC), [st] "+r"(ST), [md] "+r"(MD)                                                \
+        : [u] "r"(U), [h] "r"(HALF)                                                                    \
+        : "r0", "r1", "r8", "r9", "memory")
+#else
+#define MODE_PAIR_DOWN(ST, MD, U, HALF, ACC) do {                                                         \
+    (ST) -= 2, (MD) -= 2;                                                                              \
+    (ACC) = mode_step((ST)[0].x, (ST)[0].a, (U), (HALF), &(MD)[0].c, (ACC));                           \
+    (ACC) = mode_step((ST)[1].x, (ST)[1].a, (U), (HALF), &(MD)[1].c, (ACC));                           \
+} while (0)
+#define MODE_ONE_DOWN(ST, MD, U, HALF, ACC) do {                                                          \
+    --(ST), --(MD);                                                                                    \
+    (ACC) = mode_step((ST)[0].x, (ST)[0].a, (U), (HALF), &(MD)[0].c, (ACC));                           \
+} while (0)
+#endif
+
+/* one input of an ARMv6-M dot16x2 chunk (written out 8 times, not .rept: GCC sizes inline assembly by
+ * its statements when it places branches) */
+#define S4OP_DOT6M_INPUT                                                                               \
+    "ldrsh %[gi], [%[g], %[i]]\n\t"                                                                   \
+    "ldrsh %[p], [%[w], %[i]]\n\t"                                                                    \
+    "muls %[p], %[gi], %[p]\n\t"                                                                      \
+    "add %[sa], %[p]\n\t"                                                                             \
+    "ldrsh %[p], [%[wb], %[i]]\n\t"                                                                   \
+    "muls %[p], %[gi], %[p]\n\t"                                                                      \
+    "add %[sb], %[p]\n\t"                                                                             \
+    "adds %[i], %[i], #2\n\t"
+
+/* @phase caller */
+/* ---- two int16 rows against the same int16 input g, in chunks of 8 inputs: w = n8 chunks of
+ * {8 value weights, 8 gate weights} (read in order), g = 8 n8 int16; *a += wa . g, *b += wb . g ---- */
+static inline void dot16x2(const int16_t *w, const int16_t *g, int n8, int32_t *a, int32_t *b)
 {
     int32_t sa = *a, sb = *b;
     int k;
-#if S4OP_DSP
+#if S4OP_ASM
+    /* per chunk one LDM of g and one per row (GCC does not emit LDM here), then 8 SMLADs: 11 instructions
+     * per 16 MACs. Fixed scratch registers: LDM needs an ascending register list. */
 #if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC unroll 32
+#pragma GCC unroll 8
 #endif
-    for (k = 0; k < n16; k += 4) {   /* n16 is a multiple of 4 (the export pads): 64-bit loads */
-        const int32_t g0 = (int32_t)load32(g + k), g1 = (int32_t)load32(g + k + 2);
-        sa = __smlad((int32_t)load32(wa + k), g0, sa);
-        sa = __smlad((int32_t)load32(wa + k + 2), g1, sa);
-        sb = __smlad((int32_t)load32(wb + k), g0, sb);
-        sb = __smlad((int32_t)load32(wb + k + 2), g1, sb);
+    for (k = 0; k < n8; ++k)
+        __asm__ volatile(
+            "ldmia %[g]!, {r0, r1, r2, r3}\n\t"
+            "ldmia %[w]!, {r8, r9, r12, lr}\n\t"        /* value row */
+            "smlad %[sa], r0, r8, %[sa]\n\t"
+            "smlad %[sa], r1, r9, %[sa]\n\t"
+            "smlad %[sa], r2, r12, %[sa]\n\t"
+            "smlad %[sa], r3, lr, %[sa]\n\t"
+            "ldmia %[w]!, {r8, r9, r12, lr}\n\t"        /* gate row */
+            "smlad %[sb], r0, r8, %[sb]\n\t"
+            "smlad %[sb], r1, r9, %[sb]\n\t"
+            "smlad %[sb], r2, r12, %[sb]\n\t"
+            "smlad %[sb], r3, lr, %[sb]"
+            : [sa] "+r"(sa), [sb] "+r"(sb), [g] "+r"(g), [w] "+r"(w)
+            : : "r0", "r1", "r2", "r3", "r8", "r9", "r12", "lr", "memory");
+#elif S4OP_DSP
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC unroll 8
+#endif
+    for (k = 0; k < n8; ++k, w += 16, g += 8) {
+        int i;
+        for (i = 0; i < 8; i += 2) {
+            const int32_t gi = (int32_t)load32(g + i);
+            sa = __smlad((int32_t)load32(w + i), gi, sa);
+            sb = __smlad((int32_t)load32(w + 8 + i), gi, sb);
+        }
+    }
+#elif defined(__ARM_ARCH_6M__) && defined(__GNUC__) && !defined(S4OP_NO_ASM)
+    /* ARMv6-M: LDRSH has only a register offset; one byte index i serves g, the value row (w) and the
+     * gate row (w + 16 bytes): 8 instructions per input (GCC's code takes ~12) */
+    for (k = 0; k < n8; ++k, w += 16, g += 8) {
+        const int16_t *wb = w + 8;
+        int32_t i, gi, p;
+        __asm__ volatile(
+            ".syntax unified\n\t"                           /* (GCC's Thumb-1 inline assembly is divided) */
+            "movs %[i], #0\n\t"
+            S4OP_DOT6M_INPUT S4OP_DOT6M_INPUT S4OP_DOT6M_INPUT S4OP_DOT6M_INPUT      /* the chunk's 8 inputs */
+            S4OP_DOT6M_INPUT S4OP_DOT6M_INPUT S4OP_DOT6M_INPUT S4OP_DOT6M_INPUT
+            ".syntax divided"
+            : [sa] "+r"(sa), [sb] "+r"(sb), [i] "=&l"(i), [gi] "=&l"(gi), [p] "=&l"(p)
+            : [g] "l"(g), [w] "l"(w), [wb] "l"(wb)
+            : "cc", "memory");
     }
 #else
-    for (k = 0; k < n16; ++k) {
-        sa += wa[k] * g[k];
-        sb += wb[k] * g[k];
+    for (k = 0; k < n8; ++k, w += 16, g += 8) {
+        int i;
+        for (i = 0; i < 8; ++i) {
+            sa += w[i] * g[i];
+            sb += w[8 + i] * g[i];
+        }
     }
 #endif
     *a = sa, *b = sb;

@@ -81,7 +81,7 @@ def test_generated_c_is_designated_and_pedantic(tmp_path, prenorm, bits):
     # no positional magic arrays, no one-letter globals
     assert "mul[5]" not in model and "add[9]" not in model and " S." not in model and "XA" not in model
     internal = (tmp_path / "src" / "s4op_internal.h").read_text()
-    assert re.search(r"int16_t mixer_weight\[S4OP_D_MODEL\]\[2\]\[\d+\];\s+/\* \[H\]", internal)
+    assert re.search(r"int16_t mixer_weight\[S4OP_D_MODEL\]\[\d+\]\[2\]\[8\];\s+/\* \[H\]", internal)
     gcc = shutil.which("arm-none-eabi-gcc")
     for cc, flags in ((shutil.which("gcc"), []), (gcc, ["-mcpu=cortex-m4", "-mthumb"]), (gcc, ["-mcpu=cortex-m0plus", "-mthumb"])):
         if cc is None:

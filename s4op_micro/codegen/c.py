@@ -35,9 +35,15 @@ def _narrow(r, bound):
                 and all(int(b) * (2 << int(lf)) < INT31 for b, lf in zip(np.ravel(bound), np.ravel(left))))
 
 
+def _left(r):
+    """The left shift of every record of a site when they all agree (the C then has it as a literal), else None."""
+    lefts = set(np.ravel(r.left).tolist())
+    return int(lefts.pop()) if len(lefts) == 1 else None
+
+
 def _fc_ctx(p, x_max=128):
     return {"w": p.w, "rows": [{"bias": int(p.bias_eff[o]), "out": _rq(p.rq, o)} for o in range(p.n_out)],
-            "n_out": p.n_out, "n_in": p.n_in, "out_zp": p.out_zp, "narrow": _narrow(p.rq, p.acc_bound(x_max))}
+            "n_out": p.n_out, "n_in": p.n_in, "out_zp": p.out_zp, "narrow": _narrow(p.rq, p.acc_bound(x_max)), "left": _left(p.rq)}
 
 
 def _i32(v):
@@ -55,27 +61,29 @@ def _layer_ctx(q, i, L, off):
     s, H = L.ssm, q.meta.d_model
     ms = np.asarray(s.mode_start)
     K, M = s.n_kept, s.n_modes
-    Kp = max(4, -(-K // 4) * 4)                   # mixer inputs padded to a multiple of 4 (two int16 pairs)
+    Kp = max(8, -(-K // 8) * 8)                   # mixer inputs padded to a multiple of 8 (one chunk: four int16 pairs)
     bound = s.acc_bound()
     channels = [{"index": int(s.channels[j]), "n_modes": int(ms[j + 1] - ms[j]), "d": int(s.d[j]),
                  "bias": int(s.bias[j]), "out": _rq(s.out, j)} for j in range(K)]
     c_words = _words(s.c_re, s.c_im)
     modes = [{"c": c_words[m], "b": 1 << int(s.sh[m]), "k14": int(s.k[m]) + (1 << 14)} for m in range(M)]
     ctx = {"i": i, "K": K, "Kp": Kp, "M": M, "Mp": max(M, 1), "state_off": off, "channels": channels, "modes": modes,
-           "has_k": s.has_k, "in_zp": s.in_zp, "y_zp": s.out_zp, "ssm_narrow": _narrow(s.out, bound),
+           "has_k": s.has_k, "in_zp": s.in_zp, "y_zp": s.out_zp, "ssm_narrow": _narrow(s.out, bound), "ssm_left": _left(s.out),
            "n_active": int(np.sum(s.active)), "n_bypassed": int(K - np.sum(s.active)), "n_removed": H - K,
            "gelu": L.gelu, "a_q15": _words(s.a_re, s.a_im)}
     most = int(np.diff(ms).max(initial=0))
     ctx["unroll"] = most if most <= 64 else 0      # unroll every channel's modes (a switch on the count)
+    ctx["pairs"] = bool(ctx["unroll"]) and not s.has_k and M > 0   # two modes per block, channels walked down
     if s.polar is not None:
         p = s.polar
         ctx["polar_mode"] = [{"rho": int(p.rho[m]), "phi": int(p.phi[m])} for m in range(M)]
         ctx["polar_channel"] = [{"lg_lo": int(p.lg_lo[j]), "lg_step": int(p.lg_step[j]), "dth": int(p.dth[j])}
                                 for j in range(K)]
-    # mixer: per output channel o the a row then the b row, int16, in the order the loop reads them
+    # mixer: per output channel o and chunk of 8 inputs the a row then the b row, int16, in the order the loop
+    # reads them (one pointer walks every weight of the layer)
     w = np.zeros((H, 2, Kp), np.int64)
     w[:, 0, :K], w[:, 1, :K] = L.fc_a.w, L.fc_b.w
-    ctx["mixer_w"] = w
+    ctx["mixer_w"] = w.reshape(H, 2, Kp // 8, 8).transpose(0, 2, 1, 3)      # [H][Kp/8][value, gate][8]
     fa, fb, m, a = L.fc_a, L.fc_b, L.mul, L.add
     rows = []
     for o in range(H):
@@ -85,6 +93,7 @@ def _layer_ctx(q, i, L, off):
         rows.append(row)
     ctx["rows"] = rows
     ctx["a_narrow"], ctx["b_narrow"] = _narrow(fa.rq, fa.acc_bound()), _narrow(fb.rq, fb.acc_bound())
+    ctx["a_left"], ctx["b_left"] = _left(fa.rq), _left(fb.rq)
     assert m.in2_zp == qz.SIG_ZP and m.in1_zp == fa.out_zp
     ctx["sigmoid_centered"] = np.asarray(L.sigmoid) - m.in2_zp          # sigmoid(b) - z_sig in [0, 255]
     ctx["a_zp"], ctx["b_zp"], ctx["z_zp"] = fa.out_zp, fb.out_zp, m.out_zp
@@ -96,6 +105,7 @@ def _layer_ctx(q, i, L, off):
     ctx["post"] = L.post is not None
     if L.post is not None:
         ctx["post_in_zp"], ctx["post_out_zp"] = L.post.in_zp, L.post.out_zp
+        ctx["post_left"] = _left(L.post.rq)
         ctx["post_narrow"] = _narrow(L.post.rq, 255 * np.abs(L.post.w) + np.abs(L.post.bias))
     return ctx
 
@@ -110,7 +120,7 @@ def template_context(q, source="model"):
     tensors = {k: {"scale": t.scale, "zero_point": t.zero_point} for k, t in q.tensors.items()}
     return {"version": __version__, "source": source, "meta": meta, "tensors": tensors, "layers": layers,
             "enc": _fc_ctx(q.enc), "dec": _fc_ctx(q.dec, 32768), "coeff_bits": q.meta.coeff_bits, "total_modes": off,
-            "max_kp": max([l["Kp"] for l in layers] + [2]), "pool_frac": qz.POOL_FRAC,
+            "max_kp": max([l["Kp"] for l in layers] + [8]), "pool_frac": qz.POOL_FRAC,
             "pool_zp": q.tensors[f"h{len(q.layers)}"].zero_point}
 
 

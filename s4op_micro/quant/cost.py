@@ -6,7 +6,7 @@ flash_bytes = const data (exactly what s4op_weights.c declares, padding aside) +
 ram_bytes   = the static state struct + the decoder's stack buffer.
 
 Flash per layer (s4op_internal.h): channel records, mode records (c, B[, K + 2^14]) and A codes, the
-GELU and sigmoid tables, the int16 mixer weights [H][2][Kp] and rows, the two ADD input tables.
+GELU and sigmoid tables, the int16 mixer weights [H][Kp/8][2][8] and rows, the two ADD input tables.
 RAM per mode: the state and the expanded Q15 A (8 bytes, both coefficient widths).
 """
 
@@ -72,12 +72,12 @@ def cost_report(model_or_qmodel, coeff_bits=8):
     flash = enc_flash + dec_flash
     macs = H * C + NC * H
     loads = H * ((C + 3) // 4 + 3) + NC * (H // 2 + 3) + H
-    total_modes, max_kp, layers, ram_modes = 0, 4, [], 0
+    total_modes, max_kp, layers, ram_modes = 0, 8, [], 0
     post = not sh["prenorm"]
     for i, L in enumerate(sh["layers"]):
         mpc = L["modes_per_channel"]
         K, M = len(mpc), int(sum(mpc))
-        Kp = max(4, -(-K // 4) * 4)
+        Kp = max(8, -(-K // 8) * 8)
         total_modes += M
         max_kp = max(max_kp, Kp)
         mode_bytes = 8 + (4 if L["has_k"] else 0)                       # s4op_mode_t / s4op_mode_k_t
