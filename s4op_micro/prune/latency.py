@@ -60,16 +60,16 @@ MEASURED_SOURCES = {"emulator": "emulator instruction count", "board": "board DW
 # emulator or the board for real figures.
 # Fitted (non-negative least squares on the relative error) to QEMU instruction counts x the core's
 # CPI (boards.CORE_CPI) by benchmarks/bench_latency.py --quick (3 shapes x 6 widths per core, 108
-# measurements): mean error 0.5-1.8%, max 5.7% (results/latency_calibration.md), refitted after the
-# generated C moved to per-layer code, int16 mixer weights and export-time requantization records.
+# measurements): mean error 1.5-2.8%, max 8.1% (results/latency_calibration.md), refitted after the
+# generated C moved to per-layer code, paired-mode kernels and the chunked int16 mixer.
 CORE_COSTS = {
-    "cortex-m0plus": dict(mac=12.076, load=1.991, layer=1594, step=3167),
-    "cortex-m0": dict(mac=12.076, load=1.991, layer=1594, step=3167),
-    "cortex-m3": dict(mac=2.24, load=5.76, layer=28, step=172),
-    "cortex-m4": dict(mac=0.508, load=3.698, layer=122, step=457),
-    "cortex-m33": dict(mac=0.365, load=3.329, layer=102, step=287),
-    "cortex-m7": dict(mac=0.44, load=2.434, layer=94, step=276),
-    "cortex-m55": dict(mac=0.799, load=2.37, layer=165, step=409),
+    "cortex-m0plus": dict(mac=9.524, load=3.358, layer=998, step=3136),
+    "cortex-m0": dict(mac=9.524, load=3.358, layer=998, step=3136),
+    "cortex-m3": dict(mac=2.289, load=5.701, layer=0, step=0),
+    "cortex-m4": dict(mac=1.037, load=1.932, layer=214, step=844),
+    "cortex-m33": dict(mac=0.902, load=1.616, layer=161, step=754),
+    "cortex-m7": dict(mac=0.895, load=1.029, layer=193, step=659),
+    "cortex-m55": dict(mac=0.893, load=1.496, layer=151, step=731),
 }
 
 
