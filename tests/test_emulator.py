@@ -331,3 +331,19 @@ def test_board_table_states_a_cpi_for_every_core():
         d = b.to_dict()
         assert 0.5 < d["cpi"] < 2.0, b.name
     assert np.isclose(BOARDS["cortex-m7"].to_dict()["cpi"], 1.30 * 3.42 / 5.01, atol=0.01)
+
+
+def test_odd_widths_run_bit_exactly_on_every_core(tmp_path, capsys):
+    """Width pruning makes any d_model: the RAM and flash layouts must keep every buffer that the
+    kernels read with LDM word-aligned when d_model and the kept channels are not multiples of 4
+    (a 22-channel model faulted with UNALIGNED in the mixer once)."""
+    code, _, err = run_cli_json(capsys, "train", "--dataset", "gunpoint", "--out", tmp_path / "t", "--epochs", 2,
+                                "--d-model", 6, "--d-state", 6, "--n-layers", 2, "--quiet")
+    assert code == 0, err
+    for board in ("cortex-m7", "cortex-m4", "cortex-m33", "cortex-m55", "cortex-m3", "cortex-m0plus"):
+        out = tmp_path / board
+        code, _, err = run_cli_json(capsys, "export", tmp_path / "t" / "model.pt", "--board", board, "--out", out,
+                                    "--test-vectors", 2)
+        assert code == 0, err
+        code, res, err = run_cli_json(capsys, "run", out, "--emulator", "qemu", "--limit", 3, "--json")
+        assert code == 0 and res["mismatches"] == 0, (board, err)
