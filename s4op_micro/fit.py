@@ -22,8 +22,8 @@ checkpoint), DIR/fit.json (every searched point) and DIR/fit.png (the Pareto fro
      and, with measure=True, export it and run it in QEMU (deploy): firmware accuracy and measured
      instructions/cycles per step.
 
-Recipe: AdamW (train.fit), lr 0.01 with the cosine over all batches, batches of min(n/10, 16)
-sequences (at least 4), about UPDATES gradient updates (epochs = UPDATES / batches per epoch,
+Recipe: AdamW (train.fit), lr 0.01 with the cosine over all batches, batches of n/10 sequences
+(8 to 32), about UPDATES gradient updates (epochs = UPDATES / batches per epoch,
 clamped to [MIN_EPOCHS, MAX_EPOCHS]), the last epoch kept (no validation split is carved off).
 Seed ensembles are not folded into one model (independently trained SSMs cannot be averaged
 weight by weight; distillation is not implemented): `seeds` buys a lower-variance choice instead.
@@ -58,8 +58,8 @@ D_MODELS = (8, 12, 16, 24, 32, 48, 64)
 D_STATES = (4, 8, 16, 32, 64)
 N_LAYERS = (1, 2, 3, 4)
 LR = 0.01
-UPDATES = 1000
-MIN_EPOCHS, MAX_EPOCHS = 10, 150
+UPDATES = 400
+MIN_EPOCHS, MAX_EPOCHS = 10, 100
 AUGMENT = "scale,jitter"
 PRUNE_FACTOR = 2.0          # the pruned path trains a shape of about this many times the winner's cycles
 PRUNE_FINETUNE_EPOCHS = 5
@@ -79,7 +79,7 @@ class FitOptions:
     folds: int = 3
     seeds: int = 1                     # seeds per fold, and final models (lowest training loss kept)
     epochs: int = None                 # None: about UPDATES gradient updates
-    candidates: int = 6                # shapes cross-validated in step 2
+    candidates: int = 4                # shapes cross-validated in step 2
     d_models: tuple = D_MODELS
     d_states: tuple = D_STATES
     n_layers: tuple = N_LAYERS
@@ -190,7 +190,7 @@ def cv_splits(y, folds, seed):
 
 
 def recipe_for(n, epochs=None):
-    batch = max(4, min(16, n // 10))
+    batch = max(8, min(32, n // 10))
     if epochs is None:
         epochs = int(min(MAX_EPOCHS, max(MIN_EPOCHS, round(UPDATES / math.ceil(n / batch)))))
     return {"lr": LR, "batch_size": batch, "epochs": epochs}
