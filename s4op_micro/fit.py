@@ -442,7 +442,7 @@ def measure(tmp, out, o, board, budget, log):
     export = deploy.export(str(tmp / "model.pt"), board=board.name, out=tmp / "export", formats="c", **src)
     res = deploy.run(tmp / "export", target="qemu", board=board.name, **src)
     fw = {k: res.get(k) for k in ("accuracy", "float_accuracy", "reference_accuracy", "mismatches", "n_sequences",
-                                  "instructions_per_step", "cycles_per_step", "cycles_source")}
+                                  "steps", "instructions_per_step", "cycles_per_step", "cycles_source")}
     fw.update(flash_bytes=export.report["flash_bytes"], ram_bytes=export.report["ram_bytes"],
               macs_per_step=export.report["macs_per_step"], export=str(Path(out) / "export"))
     if budget["cycles_per_step"] is not None and fw["cycles_per_step"] and fw["cycles_per_step"] > budget["cycles_per_step"]:

@@ -12,7 +12,7 @@ from s4op_micro.fit import FitOptions, cv_splits, fit
 from s4op_micro.models.checkpoint import load_model
 from s4op_micro.quant.cost import cost_report
 
-from .conftest import assert_clean_error, run_cli_json
+from conftest import assert_clean_error, run_cli_json
 
 TINY = dict(dataset="gunpoint", d_models=(4, 8), d_states=(4,), n_layers=(1, 2), candidates=2, folds=2, epochs=1,
             augment=False, prune=False, measure=False)
