@@ -22,11 +22,9 @@ checkpoint), DIR/fit.json (every searched point) and DIR/fit.png (the Pareto fro
      and, with measure=True, export it and run it in QEMU (deploy): firmware accuracy and measured
      instructions/cycles per step.
 
-Recipe: AdamW (train.fit), lr 0.01 with the cosine over all batches, batches of n/10 sequences
-(8 to 32), about UPDATES gradient updates (epochs = UPDATES / batches per epoch,
-clamped to [MIN_EPOCHS, MAX_EPOCHS]), the last epoch kept (no validation split is carved off).
-Seed ensembles are not folded into one model (independently trained SSMs cannot be averaged
-weight by weight; distillation is not implemented): `seeds` buys a lower-variance choice instead.
+Recipe: AdamW (train.fit), lr 0.01, cosine over all batches, batches of n/10 sequences (8 to 32),
+about UPDATES updates (epochs clamped to [MIN_EPOCHS, MAX_EPOCHS]), the last epoch kept. Seed
+ensembles are not folded into one model (no distillation): `seeds` buys a lower-variance choice.
 """
 
 import json
@@ -49,6 +47,7 @@ from .data import load_dataset
 from .models import SequenceClassifier
 from .models.checkpoint import load_model, save_checkpoint
 from .prune.api import PruneOptions, prune
+from .prune.controller import GRANULARITIES
 from .prune.latency import AnalyticOracle
 from .prune.parallel import Executor, one_thread
 from .quant.cost import cost_report
@@ -103,8 +102,6 @@ class FitResult:
     def to_dict(self):
         return asdict(self)
 
-
-# --- the budget and the search space ------------------------------------------------------------------
 
 def budget_of(o, board):
     """The limits every deployed model must meet: flash/RAM bytes, MACs and cycles per step."""
@@ -174,12 +171,9 @@ def check_options(o):
         raise UserError(f"d_state values must be even (conjugate mode pairs): {list(o.d_states)}")
 
 
-# --- cross-validation -------------------------------------------------------------------------------
-
 def cv_splits(y, folds, seed):
     """[(train indices, held-out indices)] of stratified K folds over the training labels y."""
     from sklearn.model_selection import KFold, StratifiedKFold
-
     y = np.asarray(y)
     if folds > len(y):
         raise UserError(f"--folds {folds} is more than the {len(y)} training sequences")
@@ -257,6 +251,7 @@ def _pruned(model, shared, x_tr, y_tr, x_va, y_va, recipe, task):
 def prune_to(model_path, out, target_cycles, board, seed, data_source):
     """Guided pruning to target_cycles; (the kept checkpoint that meets it or the last kept, figures)."""
     res = prune(model_path, out, PruneOptions(strategy="guided", target_cycles=target_cycles, board=board, seed=seed,
+                                              granularity=",".join(GRANULARITIES),
                                               finetune_epochs=PRUNE_FINETUNE_EPOCHS, seeds="1", data_source=data_source),
                 quiet=True, force=True)
     kept = [m for m in res.models if m["strategy"] == "guided"] or res.models
@@ -318,7 +313,9 @@ def twice(winner, grid, board_budget):
                                    g["n_layers"] != winner["n_layers"])) if ups else None
 
 
-# --- the stage ----------------------------------------------------------------------------------------
+class MissedBudget(Exception):
+    """The final pruned model is over the budget (its folds' models were not)."""
+
 
 def fit(*, out, options=None, force=False, quiet=False) -> FitResult:
     """Search, cross-validate, train and (measure=True) measure; writes OUT/model.pt, fit.json, fit.png."""
@@ -368,7 +365,13 @@ def fit(*, out, options=None, force=False, quiet=False) -> FitResult:
         chosen = points[best_of(points)]
         log(f"fit: chosen {chosen['label']} (CV accuracy {chosen['cv_accuracy']:.4f}); training it on all "
             f"{len(loaded.y_train)} training sequences")
-        model, final = final_model(chosen, loaded, meta, recipe, o, board, tmp, budget, oracle, log)
+        try:
+            model, final = final_model(chosen, loaded, meta, recipe, o, board, tmp, budget, oracle, log)
+        except MissedBudget as e:   # the pruned path's final model missed it: deploy the best direct point
+            chosen["final_missed_budget"] = str(e)
+            log(f"fit: the pruned model misses the budget ({e}); deploying the best direct point instead")
+            chosen = points[best_of([p if p["kind"] == "direct" else {**p, "over": ["pruned"]} for p in points])]
+            model, final = final_model(chosen, loaded, meta, recipe, o, board, tmp, budget, oracle, log)
         test = evaluate(model, loaded.x_test, loaded.y_test)
         final.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
         chosen["chosen"] = True
@@ -430,8 +433,7 @@ def final_model(chosen, loaded, meta, recipe, o, board, tmp, budget, oracle, log
     final.update({f"final_{k}": v for k, v in c.items()})
     over = over_budget(c, budget)
     if over:  # only a pruned model can land here (a direct one was priced before training)
-        raise UserError(f"the pruned model misses the budget ({', '.join(over)}: "
-                        + ", ".join(f"{c[k]:,.0f} > {budget[k]:,.0f}" for k in over) + "); rerun with --no-prune")
+        raise MissedBudget(", ".join(f"{k} {c[k]:,.0f} > {budget[k]:,.0f}" for k in over))
     return model, final
 
 
@@ -465,10 +467,8 @@ def mark_front(points):
 
 def plot(points, chosen, firmware, budget, board, path):
     import matplotlib
-
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label, limit in ((axes[0], "cycles_per_step", "cycles per step (analytic)", budget["cycles_per_step"]),
                                   (axes[1], "flash_bytes", "flash bytes (model, estimated)", budget["flash_bytes"])):
