@@ -86,3 +86,13 @@ def test_cv_uses_the_training_set_only_and_not_the_worker_count(tmp_path, monkey
     held = np.concatenate([va for _, va in folds])
     assert sorted(held.tolist()) == list(range(len(y)))
     assert all(not set(tr) & set(va) for tr, va in folds)
+
+
+def test_pipeline_fit_options_are_checked(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert_clean_error(capsys, out, "pipeline", "--dataset", "gunpoint", "--out", out, "--max-macs-per-step", "900",
+                       match="add --fit")
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"x")
+    assert_clean_error(capsys, out, "pipeline", "--dataset", "gunpoint", "--out", out, "--fit", "--model", model,
+                       match="drop --model or --fit")
