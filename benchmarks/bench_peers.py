@@ -496,6 +496,11 @@ def publish(records, seeds, quick, seconds):
         "training set), then the winner with scale,jitter augmentation and a ~2x model taken down to the winner's "
         "cycles by guided pruning; the best CV accuracy trained on all training data (last epoch) and deployed; "
         "the test set chooses nothing. shape: the chosen H, N and layers per seed; cv_accuracy: its CV accuracy.",
+        "Before fit (main's table, 3 seeds): ours-base, the hand-picked 32/32/2 (arrowhead 32/32/4), reached "
+        "gunpoint 0.967 at 1,732,800 MACs/seq, arrowhead 0.817 at 5,783,040, basicmotions 1.000 at 1,177,600, "
+        "digits 0.977 at 755,712 (7-18x the CNN's MACs).",
+        f"Reproduce: `python benchmarks/bench_peers.py --seeds {','.join(map(str, seeds))}"
+        + (" --quick" if quick else "") + " --workdir DIR` (a rerun with the same DIR reads finished results back).",
         f"Wall time of this run: {seconds / 60:.1f} min on a shared 2-core machine"
         + (f" ({reused} of {len(records)} results read back from --workdir, not redone)." if reused else ".")
         + (" --quick: reduced budgets (few epochs; ours trained 10 epochs, 30 test sequences on the firmware)."
