@@ -276,7 +276,7 @@ def cross_validate(points, shared, o, executor, log):
         if len(per[i]) == o.folds * o.seeds:
             p, accs = points[i], [x["accuracy"] for x in per[i]]
             if p.get("prune_to"):   # the pruned models' cost, not the trained one's
-                p = {**p, **{k: np.mean([x["pruned_costs"][k] for x in per[i]]) for k in per[i][0]["pruned_costs"]}}
+                p = {**p, **{k: round(np.mean([x["pruned_costs"][k] for x in per[i]])) for k in per[i][0]["pruned_costs"]}}
             log(f"fit: {p['label']}: CV accuracy {np.mean(accs):.4f} (+-{np.std(accs):.3f}, {o.folds} folds x {o.seeds} "
                 f"seed{'s' * (o.seeds > 1)}), {p['macs_per_step']:,} MACs/step, {p['cycles_per_step']:,.0f} cycles/step, "
                 f"{p['flash_bytes']:,} B flash [{time.time() - started:.0f} s]")

@@ -3,7 +3,8 @@
     train -> prune (s4op, then guided) -> export (C + TFLM) -> build -> emulate (QEMU) -> tflm
 
 With fit=True the train stage is `s4op-micro fit` (the model's shape chosen for the data and the
-board's budget by cross-validation, fit.py) instead of `train` with the dataset's defaults.
+board's budget by cross-validation, fit.py; without its pruned path: the prune stages follow) instead
+of `train` with the dataset's defaults.
 With model= (a checkpoint, e.g. from `s4op-micro import`) the train stage evaluates it instead of
 training one, and the later stages start from it.
 
@@ -141,7 +142,7 @@ def run_stage(stage, o, run, results):
         return {"base": dict(evaluate_checkpoint(base, **data), model=str(base))}
     if stage == "train" and o.fit:
         return {"base": fit(out=run / "train", force=True, options=FitOptions(
-            dataset=o.dataset, data=o.data, board=o.board, epochs=o.epochs, seed=o.seed, measure=False,
+            dataset=o.dataset, data=o.data, board=o.board, epochs=o.epochs, seed=o.seed, measure=False, prune=False,
             max_macs_per_step=o.max_macs_per_step, max_latency_us=o.max_latency_us)).to_dict()}
     if stage == "train":
         return {"base": train(out=run / "train", epochs=o.epochs, seed=o.seed, force=True, **data).to_dict()}
