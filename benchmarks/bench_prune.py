@@ -8,17 +8,18 @@ rates 10/30/50/70/90% with `s4op` and with `guided`, all through `s4op-micro pru
   s4op          the published algorithm with the published fine-tune (random operators, one candidate
                 per published seed 7/42/123/2024/31650, epochs and patience of the reference's table
                 for the dataset: prune/recipe.py); --seeds/--finetune-epochs/--quick override it
-  (guided variants: their own fine-tune, --seeds x --finetune-epochs epochs per rate at most)
-  guided        operator granularity, Taylor scores: the same kind of pruning as s4op
-  guided-mixed  operators bypassed or removed, single modes and whole blocks, as the controller
-                finds cheapest per cycle saved (Taylor scores)
-  guided-hinf   as guided, with the H-infinity scores (ablation)
+  guided        ours (its own fine-tune, --seeds x --finetune-epochs epochs per rate at most): operators,
+                single modes and whole residual channels (a narrower d_model), Taylor scores, the step
+                with the least loss per cycle saved (NetAdapt-like), kept models measured in QEMU
+  guided-to-2x  the pipeline's guided stage: rates 50/70%, then on in segments of 10% of the cycles until
+                the measured cycles per step are halved (--target-ratio 0.49); its "2x point" is the cheapest
+                kept model within 1 point of the unpruned validation accuracy (pipeline.choose_pruned's rule)
 
 Writes benchmarks/results/prune.json, prune.md (the table) and prune.png (accuracy vs cycles per
 timestep). Cycles come from --latency (default emulator: every kept model's firmware measured in
-QEMU; candidates ranked by the analytic estimate scaled to the latest measurement). A fifth run,
-guided-to-2x, prunes like guided-mixed until the cycles per step are halved. --quick: fewer seeds and epochs (s4op
-included), digits capped at 400 training sequences.
+QEMU; candidates ranked by the analytic estimate scaled to the latest measurement). --quick: fewer
+seeds and epochs (s4op included), digits capped at 400 training sequences; --max-train-digits N caps
+digits alone (the published s4op recipe otherwise untouched).
 """
 
 import argparse
@@ -41,15 +42,15 @@ from s4op_micro.prune.recipe import PUBLISHED_RATES  # noqa: E402
 RATES = PUBLISHED_RATES
 VARIANTS = {
     "s4op": ["--strategy", "s4op"],
-    "guided": ["--strategy", "guided", "--granularity", "operator", "--score", "taylor"],
-    "guided-mixed": ["--strategy", "guided", "--granularity", "operator,removed,mode,block", "--score", "taylor"],
-    "guided-hinf": ["--strategy", "guided", "--granularity", "operator", "--score", "hinf"],
+    "guided": ["--strategy", "guided", "--granularity", "operator,mode,width", "--score", "taylor"],
 }
-GUIDED = ("guided", "guided-mixed", "guided-hinf")
-# guided-mixed on until the cycles per step are halved (the issue's 2x), rate by rate
-TO_2X = ["--strategy", "guided", "--granularity", "operator,removed,mode,block", "--score", "taylor", "--target-ratio", "0.5"]
+GUIDED = ("guided",)
+# the pipeline's guided stage (pipeline.GUIDED): on until the measured cycles per step are halved
+TO_2X = ["--strategy", "guided", "--granularity", "operator,mode,width", "--score", "taylor", "--target-ratio", "0.49"]
+TO_2X_RATES = "0.5,0.7"
+MAX_DROP = 1.0  # points of validation accuracy (pipeline.choose_pruned)
 STYLE = {"s4op": dict(marker="o", color="tab:blue"), "guided": dict(marker="s", color="tab:red"),
-         "guided-mixed": dict(marker="D", color="tab:green"), "guided-hinf": dict(marker="v", color="tab:orange")}
+         "guided-to-2x": dict(marker="D", color="tab:green", linestyle=":")}
 
 
 def cli(*argv):
@@ -59,8 +60,24 @@ def cli(*argv):
         raise SystemExit(f"s4op-micro {argv[0]} failed")
 
 
+def collect_dataset(work):
+    """A dataset's results from the pareto.json files an earlier (possibly interrupted) run left in
+    WORK/<dataset>/<variant>; None unless every variant finished."""
+    models, finetune = {}, {}
+    for variant in (*VARIANTS, "guided-to-2x"):
+        path = work / variant / "pareto.json"
+        if not path.is_file():
+            return None
+        saved = json.loads(path.read_text())
+        models["unpruned"] = [e for e in saved["models"] if e["strategy"] == "unpruned"]
+        models[variant] = [e for e in saved["models"] if e["strategy"] != "unpruned"]
+        finetune[variant] = next(iter(saved["finetune"].values()))
+    return {"models": models, "seconds": {}, "finetune": finetune}
+
+
 def run_dataset(name, args, work):
-    data = ["--dataset", name] + (["--max-train", "400"] if args.quick and name == "digits" else [])
+    cap = 400 if args.quick else args.max_train_digits
+    data = ["--dataset", name] + (["--max-train", cap] if cap and name == "digits" else [])
     start = time.time()
     cli("train", *data, "--out", work / "base", "--force", "--seed", "0", "--quiet")
     seconds = {"train": round(time.time() - start, 1)}
@@ -74,7 +91,8 @@ def run_dataset(name, args, work):
         start = time.time()
         out = work / variant
         budget = s4op_overrides if variant == "s4op" else guided_budget
-        cli("prune", work / "base" / "model.pt", *data, "--out", out, "--force", *strategy, *common, *budget)
+        rates = common if variant != "guided-to-2x" else ["--rates", TO_2X_RATES, *common[2:]]
+        cli("prune", work / "base" / "model.pt", *data, "--out", out, "--force", *strategy, *rates, *budget)
         saved = json.loads((out / "pareto.json").read_text())
         models["unpruned"] = [e for e in saved["models"] if e["strategy"] == "unpruned"]
         models[variant] = [e for e in saved["models"] if e["strategy"] != "unpruned"]
@@ -84,26 +102,36 @@ def run_dataset(name, args, work):
 
 
 def summarize(results):
-    """Per dataset: the issue's targets, checked on test accuracy and cycles per timestep."""
+    """Per dataset: guided vs s4op at each rate (accuracy and cycles), and the 2x point."""
     checks = {}
     for name, r in results.items():
         base = r["models"]["unpruned"][0]
         at = {v: {e["rate"]: e for e in r["models"][v]} for v in VARIANTS}
         checks[name] = {}
         for variant in GUIDED:
-            g70 = at[variant].get(0.7)
+            both = [rate for rate in RATES if rate in at[variant] and rate in at["s4op"]]
+            g, o = at[variant], at["s4op"]
             checks[name][variant] = {
-                "drop_at_70_points": round(100 * (base["accuracy"] - g70["accuracy"]), 2) if g70 else None,
-                "speedup_at_70": round(base["cycles_per_step"] / g70["cycles_per_step"], 2) if g70 else None,
-                "beats_s4op_at": [rate for rate in RATES if rate in at[variant] and rate in at["s4op"]
-                                  and at[variant][rate]["accuracy"] > at["s4op"][rate]["accuracy"]],
-                "ties_s4op_at": [rate for rate in RATES if rate in at[variant] and rate in at["s4op"]
-                                 and at[variant][rate]["accuracy"] == at["s4op"][rate]["accuracy"]],
+                "beats_s4op_on_both_at": [x for x in both if g[x]["accuracy"] >= o[x]["accuracy"]
+                                          and g[x]["cycles_per_step"] < o[x]["cycles_per_step"]],
+                "not_at": {f"{x:.0%}": ", ".join(w for w, bad in (
+                    ("lower accuracy", g[x]["accuracy"] < o[x]["accuracy"]),
+                    ("more cycles", g[x]["cycles_per_step"] >= o[x]["cycles_per_step"])) if bad)
+                    for x in both if not (g[x]["accuracy"] >= o[x]["accuracy"]
+                                          and g[x]["cycles_per_step"] < o[x]["cycles_per_step"])},
+                "missing_rates": [x for x in RATES if x not in g],
             }
-        last = r["models"]["guided-to-2x"][-1]
-        checks[name]["guided-to-2x"] = {
-            "rate": last["pruned_fraction"], "drop_points": round(100 * (base["accuracy"] - last["accuracy"]), 2),
-            "speedup": round(base["cycles_per_step"] / last["cycles_per_step"], 2)}
+        kept = r["models"]["guided-to-2x"]
+        within = [e for e in kept if 100 * (base["val_accuracy"] - e["val_accuracy"]) <= MAX_DROP + 1e-9]
+        pick = min(within, key=lambda e: (e["cycles_per_step"], -e["val_accuracy"])) if within else None
+        fastest = min(kept, key=lambda e: e["cycles_per_step"]) if kept else None
+
+        def point(e):
+            return None if e is None else {
+                "rate": e["pruned_fraction"], "d_model": e.get("d_model"), "accuracy": e["accuracy"],
+                "val_accuracy": e["val_accuracy"], "drop_points": round(100 * (base["accuracy"] - e["accuracy"]), 2),
+                "cycles_per_step": e["cycles_per_step"], "speedup": round(base["cycles_per_step"] / e["cycles_per_step"], 2)}
+        checks[name]["guided-to-2x"] = {"chosen": point(pick), "fastest": point(fastest)}
     return checks
 
 
@@ -112,7 +140,8 @@ def markdown(results, checks, config):
              "s4op: the published algorithm and fine-tune (per dataset below; prune/recipe.py). guided variants: their "
              f"own fine-tune, {config['seeds']} x {config['finetune_epochs']} epochs per rate at most. Test accuracy (%) "
              f"and cycles per timestep ({config['cycles_source']}, {config['board']}). Rate = fraction of the SSM state "
-             "pruned (= of operators for s4op and guided).", ""]
+             "pruned (= of operators for s4op; guided also cuts whole residual channels: its d_model is given with its cycles).",
+             f"config: {config.get('note', '')}", ""]
     for name, r in results.items():
         base = r["models"]["unpruned"][0]
         at = {v: {e["rate"]: e for e in r["models"][v]} for v in VARIANTS}
@@ -121,7 +150,8 @@ def markdown(results, checks, config):
                   "|---" * (1 + 2 * len(VARIANTS)) + "|"]
         for rate in RATES:
             accs = [f"{100 * at[v][rate]['accuracy']:.1f}" if rate in at[v] else "-" for v in VARIANTS]
-            cyc = [f"{at[v][rate]['cycles_per_step']:.0f} ({base['cycles_per_step'] / at[v][rate]['cycles_per_step']:.2f}x)"
+            cyc = [f"{at[v][rate]['cycles_per_step']:.0f} ({base['cycles_per_step'] / at[v][rate]['cycles_per_step']:.2f}x"
+                   + (f", d_model {at[v][rate].get('d_model')}" if v != "s4op" else "") + ")"
                    if rate in at[v] else "-" for v in VARIANTS]
             lines.append(f"| {rate:.0%} | " + " | ".join(accs) + " | " + " | ".join(cyc) + " |")
         lines += ["", "time (s): " + ", ".join(f"{k} {v}" for k, v in r["seconds"].items())]
@@ -133,21 +163,27 @@ def markdown(results, checks, config):
                       + (f"; overridden: {' '.join(ft['overrides'])}" if ft["overrides"] else "")
                       + f". Epochs run per rate (all candidates): {spent}"]
         lines += [""]
-    lines += ["## Targets", "", "| dataset | variant | drop at 70% (points, <= 1) | cycles cut at 70% (>= 2x) | beats s4op at | ties at |",
-              "|---|---|---|---|---|---|"]
+    lines += ["## guided vs s4op, rate by rate", "",
+              "| dataset | guided beats s4op on accuracy (>=) and cycles (<) at | where it does not |", "|---|---|---|"]
     for name, per in checks.items():
-        for variant, c in per.items():
-            if variant == "guided-to-2x":
-                continue
-            lines.append(f"| {name} | {variant} | {c['drop_at_70_points']} | {c['speedup_at_70']}x | "
-                         f"{', '.join(f'{r:.0%}' for r in c['beats_s4op_at']) or '-'} | "
-                         f"{', '.join(f'{r:.0%}' for r in c['ties_s4op_at']) or '-'} |")
-    lines += ["", "guided-mixed pruned on (same rates and budget) until the cycles per step are halved "
-              "(`--target-ratio 0.5`):", "", "| dataset | state pruned | test accuracy drop (points) | cycles cut |",
-              "|---|---|---|---|"]
+        c = per["guided"]
+        lines.append(f"| {name} | {', '.join(f'{x:.0%}' for x in c['beats_s4op_on_both_at']) or '-'} | "
+                     + ("; ".join(f"{k}: {v}" for k, v in c["not_at"].items()) or "-")
+                     + (f"; no guided model at {', '.join(f'{x:.0%}' for x in c['missing_rates'])}" if c["missing_rates"] else "")
+                     + " |")
+    lines += ["", f"## The 2x point (guided-to-2x = the pipeline's guided stage: rates {TO_2X_RATES}, then to half the "
+              "measured cycles)", "",
+              f"chosen: the cheapest kept model within {MAX_DROP:g} point of the unpruned validation accuracy "
+              "(pipeline.choose_pruned); fastest: the last model kept.", "",
+              "| dataset | unpruned acc | chosen: d_model | state pruned | test acc | drop (points) | cycles | x fewer "
+              "| fastest: test acc | drop | x fewer |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, per in checks.items():
-        c = per["guided-to-2x"]
-        lines.append(f"| {name} | {c['rate']:.1%} | {c['drop_points']} | {c['speedup']}x |")
+        base = results[name]["models"]["unpruned"][0]
+        c, f = per["guided-to-2x"]["chosen"], per["guided-to-2x"]["fastest"]
+        left = (f"{c['d_model']} | {c['rate']:.1%} | {100 * c['accuracy']:.1f} | {c['drop_points']} | "
+                f"{c['cycles_per_step']:.0f} | {c['speedup']}x") if c else "none within budget | - | - | - | - | -"
+        right = f"{100 * f['accuracy']:.1f} | {f['drop_points']} | {f['speedup']}x" if f else "- | - | -"
+        lines.append(f"| {name} | {100 * base['accuracy']:.1f} | {left} | {right} |")
     return "\n".join(lines) + "\n"
 
 
@@ -156,9 +192,10 @@ def plot(results, path, config):
     for ax, (name, r) in zip(axes[0], results.items()):
         base = r["models"]["unpruned"][0]
         ax.plot([base["cycles_per_step"]], [100 * base["accuracy"]], "k*", markersize=12, label="unpruned")
-        for variant in VARIANTS:
-            pts = sorted((e["cycles_per_step"], 100 * e["accuracy"]) for e in r["models"][variant])
-            ax.plot(*zip(*pts), label=variant, **STYLE[variant])
+        for variant in (*VARIANTS, "guided-to-2x"):
+            pts = sorted((e["cycles_per_step"], 100 * e["accuracy"]) for e in r["models"].get(variant, []))
+            if pts:
+                ax.plot(*zip(*pts), label=variant, **STYLE[variant])
         ax.set_title(name)
         ax.set_xlabel(f"cycles/step ({config['cycles_source'].split(' (')[0]})")
         ax.grid(alpha=0.3)
@@ -173,6 +210,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="reduced budget (2 seeds x 2 epochs; digits 400 sequences)")
     p.add_argument("--datasets", default="gunpoint,arrowhead,basicmotions,digits")
+    p.add_argument("--max-train-digits", type=int, help="cap digits' training sequences (time on 2 cores)")
     p.add_argument("--seeds", type=int, help="guided budget (default 5); given, also s4op's candidates (default: published)")
     p.add_argument("--finetune-epochs", type=int, help="guided budget (default 5); given, also s4op's (default: published)")
     p.add_argument("--board", default="cortex-m7")
@@ -181,6 +219,7 @@ def parse_args(argv=None):
     p.add_argument("--work", default=str(ROOT / "runs" / "bench_prune"), help="where models go")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--render-only", action="store_true", help="rewrite prune.md and prune.png from prune.json")
+    p.add_argument("--collect", action="store_true", help="no runs: gather the datasets an earlier run finished in --work")
     args = p.parse_args(argv)
     # s4op: the published recipe unless overridden (--quick overrides it too)
     args.s4op_seeds = args.seeds or (2 if args.quick else None)
@@ -201,11 +240,20 @@ def main_bench(argv=None):
     if args.render_only:
         return render(Path(args.results))
     started = time.time()
-    results = {name: run_dataset(name, args, Path(args.work) / name) for name in args.datasets.split(",")}
+    if args.collect:
+        found = {name: collect_dataset(Path(args.work) / name) for name in args.datasets.split(",")}
+        results = {k: v for k, v in found.items() if v is not None}
+        args.collected = [k for k in found if found[k] is not None]
+    else:
+        results = {name: run_dataset(name, args, Path(args.work) / name) for name in args.datasets.split(",")}
     any_entry = next(iter(results.values()))["models"]["unpruned"][0]
     config = {"mode": "quick" if args.quick else "full", "seeds": args.seeds, "finetune_epochs": args.finetune_epochs,
               "rates": list(RATES), "board": args.board, "cycles_source": any_entry["cycles_source"],
-              "variants": {k: " ".join(v) for k, v in VARIANTS.items()}, "seconds": round(time.time() - started, 1)}
+              "variants": {k: " ".join(v) for k, v in {**VARIANTS, "guided-to-2x": TO_2X}.items()},
+              "seconds": round(time.time() - started, 1),
+              "note": ("quick" if args.quick else "s4op: published recipe")
+              + (f"; collected from finished runs: {', '.join(args.collected)}" if args.collect else "") + (f"; digits: {args.max_train_digits} training "
+                                                                              "sequences" if args.max_train_digits else "")}
     checks = summarize(results)
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)

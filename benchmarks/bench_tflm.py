@@ -8,7 +8,13 @@ Instructions per timestep, both on this x86 host, both counted exactly with valg
   - TFLM: the tflite-micro package's interpreter (reference kernels) inside a small Python driver,
     counting only inside MicroInterpreter::Invoke (callgrind --toggle-collect), N and 2N steps as
     above. The interpreter's fixed cost is measured apart: a one-op model (cost of one Invoke) and a
-    chain of 64 one-element ops (cost per operator dispatched).
+    chain of 64 one-element ops (cost per operator dispatched). Two TFLM models: ours, written
+    directly as a flatbuffer from the integer model (bit-exact), and the one a user gets from the
+    standard converter: the same float streaming step written in TensorFlow (state, pooled sum and
+    step count as explicit inputs/outputs; GELU as x*sigmoid(1.702x), this TFLM having no GELU
+    kernel; the mean's division folded out, 16x8 having no DIV kernel: the scores are count x the
+    mean's, the same argmax), tf.lite.TFLiteConverter with 16x8 quantization (int16 activations,
+    int8 weights), its state requantized from each output's scale to its input's between steps.
 Memory: ours = flash and RAM of s4op_model.c + s4op_weights.c compiled -Os for cortex-m4
 (arm-none-eabi-gcc, what report.json says; the estimate from shapes without it); TFLM = the
 .tflite's bytes (flash) + the arena measured in the runtime with our stated margin (RAM). TFLM's own
@@ -31,16 +37,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import write_results  # noqa: E402
 from s4op_micro.core.boards import get_board  # noqa: E402
-from s4op_micro.quant.quantize import quantize_model
+from s4op_micro.quant.quantize import quantize_model  # noqa: E402
 from s4op_micro.quant.reference import IntegerReference  # noqa: E402
-from s4op_micro.codegen import tflm
+from s4op_micro.codegen import tflm  # noqa: E402
 from s4op_micro.measure import tflm_runtime as rt  # noqa: E402
-from s4op_micro.codegen.c import render_c
-from s4op_micro.quant.cost import cost_report
+from s4op_micro.codegen.c import render_c  # noqa: E402
+from s4op_micro.quant.cost import cost_report  # noqa: E402
 from s4op_micro.toolchain.build import model_sizes  # noqa: E402
 from s4op_micro.toolchain.hostrun import compile_host  # noqa: E402
 from s4op_micro.codegen.tflm_graph import Graph  # noqa: E402
 from s4op_micro.models import SequenceClassifier  # noqa: E402
+from benchmarks.tflm_converter import converter_model, converter_per_step  # noqa: E402
 
 CONFIGS = [  # name, model config
     ("digits-size (H=32, N=32, 2 layers)", dict(d_model=32, d_state=32, n_layers=2)),
@@ -78,6 +85,7 @@ def callgrind(cmd, stdin=None, toggle=None):
 
 
 def model_for(cfg, seed=0):
+    """(float model, its calibration inputs, int8 model, the int8 input stream, the float stream)."""
     torch.manual_seed(seed)
     m = SequenceClassifier(1, 10, **cfg)
     with torch.no_grad():
@@ -85,8 +93,10 @@ def model_for(cfg, seed=0):
             bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2)
     m.eval()
     rng = np.random.default_rng(seed)
-    q = quantize_model(m, rng.normal(size=(32, 64, 1)).astype(np.float32), coeff_bits=8)
-    return q, q.quantize_input(rng.normal(size=(1, 2 * max(N_C, N_TFLM), 1)))[0]
+    calib = rng.normal(size=(32, 64, 1)).astype(np.float32)
+    q = quantize_model(m, calib, coeff_bits=8)
+    xs = rng.normal(size=(1, 2 * max(N_C, N_TFLM), 1))
+    return m, calib, q, q.quantize_input(xs)[0], xs[0].astype(np.float32)
 
 
 def c_per_step(q, xs, work):
@@ -153,7 +163,7 @@ def main():
         for name, cfg in CONFIGS:
             work = tmp / f"m{len(rows)}"
             work.mkdir()
-            q, xs = model_for(cfg)
+            m, calib, q, xs, xs_float = model_for(cfg)
             want = IntegerReference(q).run_steps(xs[None])[0]
             c_insn, c_scores = c_per_step(q, xs, work)
             model_bytes, info = tflm.build_tflite(q)
@@ -161,13 +171,16 @@ def main():
             size = rt.arena_size(arena["needed"])
             t_insn, t_scores = tflm_per_step(model_bytes, size, xs, work)
             t_all, _ = tflm_per_step(model_bytes, size, xs, work, toggle=None)
+            conv_bytes, conv_io = converter_model(m, calib)
+            conv_arena = rt.arena_size(rt.measure_arena(conv_bytes)["needed"])
+            conv_insn = converter_per_step(conv_bytes, conv_io, conv_arena, xs_float, work, callgrind, INVOKE, N_TFLM)
             assert (c_scores == want[:N_C]).all() and (t_scores == want[:N_TFLM]).all(), "outputs differ"
             sizes = model_sizes(work / "c", board) or cost_report(q)
             ours_mem = sizes["flash_bytes"] + sizes["ram_bytes"]
             tflm_mem = len(model_bytes) + size
             dispatch = per_invoke + per_op * (info["n_operators"] - 1)
             rows.append({
-                "model": name, "modes": int(sum(len(l["ssm"]["a_re"]) for l in q.layers)),
+                "model": name, "modes": int(sum(l.ssm.n_modes for l in q.layers)),
                 "c_insn_per_step": round(c_insn), "tflm_insn_per_step": round(t_insn),
                 "insn_ratio": round(t_insn / c_insn, 1),
                 "tflm_operators": info["n_operators"], "tflm_dispatch_insn": round(dispatch),
@@ -177,6 +190,8 @@ def main():
                 "tflm_model_bytes": len(model_bytes), "tflm_arena_bytes": size,
                 "tflm_arena_needed_bytes": arena["needed"], "memory_ratio": round(ours_mem / tflm_mem, 3),
                 "bit_exact_steps": N_TFLM,
+                "converter_insn_per_step": round(conv_insn), "converter_ratio": round(conv_insn / c_insn, 1),
+                "converter_model_bytes": len(conv_bytes), "converter_arena_bytes": conv_arena,
             })
             print(rows[-1], flush=True)
     publish(rows, per_invoke, per_op)
@@ -200,7 +215,11 @@ def publish(rows, per_invoke, per_op):
         "int32 readout); its largest cost is BATCH_MATMUL's per-mode batch loop (one 2 x C product per mode, C = 3-4).",
         "Models are untrained but calibrated; costs and sizes depend on shapes only.",
     ]
+    notes.append("converter_*: the standard tf.lite.TFLiteConverter model of the same float step (16x8), in the same "
+                 "TFLM runtime, counted the same way; converter_ratio = its instructions per step / our C's.")
     write_results("tflm", rows, ["model", "modes", "c_insn_per_step", "tflm_insn_per_step", "insn_ratio",
+                                 "converter_insn_per_step", "converter_ratio", "converter_model_bytes",
+                                 "converter_arena_bytes",
                                  "tflm_operators", "tflm_dispatch_share", "c_flash_bytes", "c_ram_bytes",
                                  "tflm_model_bytes", "tflm_arena_bytes", "memory_ratio"],
                   "Generated C vs TensorFlow Lite Micro (same quantized model, same input)", notes)

@@ -4,7 +4,7 @@
 
 A failing benchmark does not stop the others; the exit status is non-zero if any failed.
 --quick passes each benchmark's reduced budget where it has one (select, prune, quant, latency,
-scaling, peers: --quick; train and tflm have none and run in full).
+scaling, peers, step, export: --quick; train and tflm have none and run in full).
 """
 
 import argparse
@@ -26,6 +26,8 @@ BENCHMARKS = {
     "latency": ("bench_latency.py", ["--quick"]),
     "scaling": ("bench_scaling.py", ["--quick"]),
     "peers": ("bench_peers.py", ["--quick"]),
+    "step": ("bench_step.py", ["--quick"]),
+    "export": ("bench_export.py", ["--quick"]),
 }
 
 

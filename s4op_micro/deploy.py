@@ -90,7 +90,7 @@ def export(model, *, board, out, calib_samples=256, coeff_bits=8, formats=("c",)
         f"and quantizing ({coeff_bits}-bit coefficients)")
     calib = loaded.x_train[:calib_samples] if calib_samples else loaded.x_train
     q = quantize_model(float_model, calib, coeff_bits=coeff_bits)
-    q.meta["board"] = board.name
+    q.meta.board = board.name
     ref = IntegerReference(q)
     n_eval = min(len(loaded.x_test), EVAL_LIMIT)
     x_test, y_test = loaded.x_test[:n_eval], loaded.y_test[:n_eval]
@@ -99,7 +99,7 @@ def export(model, *, board, out, calib_samples=256, coeff_bits=8, formats=("c",)
     int_pred = ref.predict(xq) if n_eval else np.zeros(0, int)
     float_pred = _float_predictions(float_model, x_test)
     nt = min(test_vectors, len(loaded.x_test))
-    test = (xq[:nt], y_test[:nt], ref.run(xq[:nt]) if nt else np.zeros((0, q.meta["n_classes"]), np.int8))
+    test = (xq[:nt], y_test[:nt], ref.run(xq[:nt]) if nt else np.zeros((0, q.meta.n_classes), np.int8))
     cost = cost_report(q)
     with atomic_output_dir(out, force=force) as tmp:
         log("export", f"rendering C into {out}")
@@ -116,7 +116,7 @@ def export(model, *, board, out, calib_samples=256, coeff_bits=8, formats=("c",)
             "loads_per_step": cost["loads_per_step"], "modes": cost["modes"], "layers": cost["layers"],
             "sizes_measured": measured, "estimate": {k: cost[k] for k in ("flash_bytes", "const_bytes", "code_bytes", "ram_bytes")},
             "sizes_of": "the model alone (s4op_model.c + s4op_weights.c): no harness, start-up code or libc",
-            "conversion_error": q.meta["conversion_error"], "coefficients": q.stats,
+            "conversion_error": q.meta.conversion_error, "coefficients": q.stats,
             "float_accuracy": float((float_pred == y_test).mean()) if n_eval else None,
             "int_accuracy": float((int_pred == y_test).mean()) if n_eval else None,
             "float_int_agreement": float((int_pred == float_pred).mean()) if n_eval else None,
@@ -200,7 +200,7 @@ def run(export_dir, *, target, board=None, limit=None, timeout=120.0, dataset=No
 def _run_host(ex):
     with tempfile.TemporaryDirectory() as tmp:
         exe = compile_host(ex.export_dir, tmp, debug=True)
-        c_scores, counters = run_host(exe, ex.test.x_int8, ex.qmodel.meta["n_classes"])
+        c_scores, counters = run_host(exe, ex.test.x_int8, ex.qmodel.meta.n_classes)
     result = compare(c_scores, ex.test, "host")
     result.update(saturations=counters, reference_saturations={"sat_state": ex.reference.sat_state,
                                                                "sat_act": ex.reference.sat_act})

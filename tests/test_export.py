@@ -120,7 +120,7 @@ def test_streaming_scores_follow_the_float_model(trained):
     s = ref.run_steps(ref.quantize_input(x))
     with torch.no_grad():
         f = model.forward_recurrent(torch.as_tensor(x).float()).numpy()
-    lsb = np.abs(s.astype(np.float64) - (f / q.tensors["logits"]["scale"] + q.tensors["logits"]["zero_point"]))
+    lsb = np.abs(s.astype(np.float64) - (f / q.tensors["logits"].scale + q.tensors["logits"].zero_point))
     med, p99 = np.median(lsb), np.percentile(lsb, 99)
     print(f"\nstreaming |int - float| in LSB: median {med:.2f}, 99th percentile {p99:.2f}, max {lsb.max():.2f}")
     assert med <= 3 and p99 <= 16
@@ -164,7 +164,7 @@ def test_export_and_run_host_through_the_cli(trained, tmp_path, capsys, bits):
 
 def test_sizes_8_vs_16_bit_and_cost_report_from_shapes(trained, tmp_path):
     """cost_report needs no calibration (the pruning oracle calls it per candidate) and equals the
-    QuantizedModel's; 8-bit coefficients take less flash (codes) and more RAM (expanded Q15 A)."""
+    QuantizedModel's; 8-bit coefficients take less flash (codes), the same RAM (Q15 A in RAM for both)."""
     model, data = load(trained["gunpoint"])
     for bits in (8, 16):
         a = cost_report(model, coeff_bits=bits)
@@ -172,7 +172,8 @@ def test_sizes_8_vs_16_bit_and_cost_report_from_shapes(trained, tmp_path):
         assert a == b
     c8, c16 = cost_report(model, 8), cost_report(model, 16)
     print(f"\ngunpoint flash/RAM: 8-bit {c8['flash_bytes']}/{c8['ram_bytes']} B, 16-bit {c16['flash_bytes']}/{c16['ram_bytes']} B")
-    assert c8["const_bytes"] < c16["const_bytes"] and c8["ram_bytes"] > c16["ram_bytes"]
+    # both widths keep the Q15 A next to the state in RAM (one kernel, one LDRD): 8-bit saves flash only
+    assert c8["const_bytes"] < c16["const_bytes"] and c8["ram_bytes"] == c16["ram_bytes"]
     # pruning shows up: bypass half the operators of layer 0 and drop a mode
     from s4op_micro.models import SequenceClassifier
 

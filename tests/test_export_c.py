@@ -63,7 +63,7 @@ def check_exact(m, seed, bits, L, tmp, dsp=False):
     exe = compile_host(tmp, tmp / "build", debug=True, extra=extra)
     # random int8 inputs over the whole range: far outside calibration, so saturation does happen
     x = rng.integers(-128, 128, size=(5, L, m.config["d_input"]), dtype=np.int64).astype(np.int8)
-    c_scores, counters = run_host(exe, x, q.meta["n_classes"], every_step=True)
+    c_scores, counters = run_host(exe, x, q.meta.n_classes, every_step=True)
     r_scores = ref.run_steps(x)
     assert np.array_equal(c_scores, r_scores)
     assert counters == {"sat_state": ref.sat_state, "sat_act": ref.sat_act}
@@ -132,13 +132,18 @@ def test_cross_compiles_clean_for_cortex_m(tmp_path, bits, prenorm):
 
 MBQM_MAIN = r"""
 #include <stdio.h>
-#include "s4op_model.c"
-int main(void)   /* (x, m, shift) int32 triples on stdin -> MBQM(x, m, shift) int32 on stdout */
+#include "s4op_kernels.h"
+int main(void)   /* (x, m, shift) int32 triples on stdin -> wide, narrow (0 where not applicable) */
 {
-    int32_t v[3], r;
+    int32_t v[3], r[2];
     while (fread(v, sizeof v, 1, stdin) == 1) {
-        r = mbqm(v[0], rq(v[1], v[2]));
-        fwrite(&r, sizeof r, 1, stdout);
+        s4op_requant_t q;
+        q.multiplier = v[1], q.left = v[2] > 0 ? v[2] : 0, q.right = v[2] < 0 ? -v[2] : 0;
+        q.half = q.right ? (int32_t)1 << (q.right - 1) : 0;
+        r[0] = requant_wide(v[0], &q);
+        r[1] = (q.right >= 1 && q.left <= 29 && (int64_t)(v[0] < 0 ? -(int64_t)v[0] : v[0]) * ((int64_t)2 << q.left) < ((int64_t)1 << 31))
+            ? requant_narrow(v[0], &q) : 0;
+        fwrite(r, sizeof r, 1, stdout);
     }
     return 0;
 }
@@ -152,9 +157,11 @@ def test_requantization_is_tflms_on_every_shift_and_edge_operand(tmp_path):
     q = quantize_model(_slow_model(), np.random.default_rng(0).normal(size=(2, 10, 1)), coeff_bits=8)
     render_c(q, tmp_path)
     (tmp_path / "main.c").write_text(MBQM_MAIN)
-    exe = tmp_path / "mbqm"
-    subprocess.run([shutil.which("gcc"), *STRICT_CFLAGS, "-I", str(tmp_path / "include"), "-I", str(tmp_path / "src"),
-                    str(tmp_path / "main.c"), str(tmp_path / "src" / "s4op_weights.c"), "-o", str(exe)], check=True)
+    exes = []
+    for name, defines in (("mbqm", []), ("mbqm_pieces", ["-DS4OP_MULHI_PIECES"])):   # M0+'s 16-bit pieces
+        exes.append(tmp_path / name)
+        subprocess.run([shutil.which("gcc"), *STRICT_CFLAGS, *defines, "-I", str(tmp_path / "src"),
+                        str(tmp_path / "main.c"), "-o", str(exes[-1])], check=True)
     rng = np.random.default_rng(2)
     p2 = np.int64(1) << np.arange(31)
     x = np.unique(np.concatenate([[0, im.INT32_MIN, im.INT32_MAX], p2, p2 - 1, p2 + 1, -p2, 1 - p2, -1 - p2,
@@ -164,6 +171,12 @@ def test_requantization_is_tflms_on_every_shift_and_edge_operand(tmp_path):
     m = np.array([0, 1, 3, 2**30, 2**30 + 1, 2**31 - 2, 2**31 - 1, *rng.integers(2**30, 2**31, 8)])
     X, M, S = np.meshgrid(x, m, np.arange(-31, 31), indexing="ij")
     args = np.stack([X.ravel(), M.ravel(), S.ravel()], 1).astype("<i4")
-    res = subprocess.run([str(exe)], input=args.tobytes(), capture_output=True, check=True)
-    got = np.frombuffer(res.stdout, dtype="<i4").astype(np.int64)
-    assert np.array_equal(got, im.mbqm(X.ravel(), M.ravel(), S.ravel()))
+    want = im.mbqm(X.ravel(), M.ravel(), S.ravel())
+    left, right = np.maximum(S.ravel(), 0), np.maximum(-S.ravel(), 0)
+    narrow = (right >= 1) & (left <= 29) & (np.abs(X.ravel()) * (np.int64(2) << np.minimum(left, 29)) < 2**31)
+    assert narrow.sum() > 1000
+    for exe in exes:
+        res = subprocess.run([str(exe)], input=args.tobytes(), capture_output=True, check=True)
+        got = np.frombuffer(res.stdout, dtype="<i4").astype(np.int64).reshape(-1, 2)
+        assert np.array_equal(got[:, 0], want)
+        assert np.array_equal(got[narrow, 1], want[narrow])

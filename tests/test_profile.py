@@ -50,9 +50,23 @@ def test_phases_add_up_to_the_firmware_count(profiled):
     assert p.outside["harness"] > 0 and p.outside["reset"] > 0   # start-up/output and s4op_reset, not in the step
 
 
+def _by_phase(p):
+    """The rows summed over layers (the generated C has per-layer code: one row per phase and layer)."""
+    from types import SimpleNamespace
+    out = {}
+    for r in p.rows:
+        o = out.setdefault(r.phase, SimpleNamespace(instructions=0, macs=0, share=0.0))
+        o.instructions += r.instructions
+        o.macs += r.macs
+        o.share += r.share
+    for o in out.values():
+        o.instructions_per_mac = o.instructions / o.macs if o.macs else None
+    return out
+
+
 def test_every_phase_present_with_its_macs(profiled):
     export, p = profiled
-    rows = {r.phase: r for r in p.rows}
+    rows = _by_phase(p)
     for phase in STEP_PHASES:
         assert phase in rows and rows[phase].instructions > 0, f"{phase} missing:\n{format_profile(p)}"
     modes = LAYERS * H * (N // 2)
@@ -62,9 +76,9 @@ def test_every_phase_present_with_its_macs(profiled):
     assert rows["decoder"].macs == 2 * H * p.sequences
     assert rows["requant"].macs == 0 and rows["requant"].instructions_per_mac is None
     assert rows["ssm"].instructions_per_mac == pytest.approx(rows["ssm"].instructions / rows["ssm"].macs)
-    # requantization and the 64-bit helpers: on ARMv6-M libgcc's __aeabi_lmul runs for each one,
-    # charged to its caller's phase, so requant is a larger share there
-    assert rows["requant"].share > 0.05
+    # requantization is its own visible phase (records computed at export: ~2-5% of the step; on
+    # ARMv6-M no __aeabi_lmul any more, the high word from 16-bit pieces)
+    assert rows["requant"].share > 0.02
 
 
 def test_cycles_are_ranges_with_their_source(profiled):

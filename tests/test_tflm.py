@@ -23,6 +23,7 @@ from s4op_micro.quant import intmath as im  # noqa: E402
 from s4op_micro.codegen import tflm
 from s4op_micro.measure import tflm_runtime as rt  # noqa: E402
 from s4op_micro.quant.quantize import add_params  # noqa: E402
+from s4op_micro.quant.qmodel import FullyConnected, Requant, TensorQ  # noqa: E402
 from s4op_micro.quant.reference import add, fc  # noqa: E402
 from s4op_micro.codegen.tflm_graph import Graph, scale_pair, tflm_multiplier  # noqa: E402
 from s4op_micro.models import SequenceClassifier  # noqa: E402
@@ -56,7 +57,7 @@ def run_cli(capsys):
 # --- where the arithmetic coincides: FULLY_CONNECTED, MUL, ADD are bit-exact ----------------------
 
 def _act(rng):
-    return {"scale": float(f32(rng.uniform(0.005, 0.2))), "zero_point": int(rng.integers(-128, 128))}
+    return TensorQ(float(f32(rng.uniform(0.005, 0.2))), int(rng.integers(-128, 128)))
 
 
 def _fc_params(rng, n_out, n_in, t_in, t_out):
@@ -64,9 +65,9 @@ def _fc_params(rng, n_out, n_in, t_in, t_out):
     w = rng.integers(-127, 128, (n_out, n_in))
     s_w = f32(rng.uniform(1e-3, 5e-2, n_out))
     bias = rng.integers(-3000, 3000, n_out)
-    M, S = im.quantize_multiplier(f32(t_in["scale"]) * s_w / f32(t_out["scale"]))
-    return {"w": w, "bias": bias, "mult": M, "shift": S, "w_scale": s_w, "in_zp": t_in["zero_point"],
-            "out_zp": t_out["zero_point"], "bias_eff": bias - t_in["zero_point"] * w.sum(axis=1)}
+    M, S = im.quantize_multiplier(f32(t_in.scale) * s_w / f32(t_out.scale))
+    return FullyConnected(w=w, bias=bias, bias_eff=bias - t_in.zero_point * w.sum(axis=1), rq=Requant(M, S),
+                          w_scale=s_w, in_zp=t_in.zero_point, out_zp=t_out.zero_point)
 
 
 def test_fc_mul_add_graph_is_bit_exact():
@@ -76,13 +77,13 @@ def test_fc_mul_add_graph_is_bit_exact():
         rng = np.random.default_rng(seed)
         tx, ta, tb, tm, to = (_act(rng) for _ in range(5))
         pa, pb = _fc_params(rng, 24, 20, tx, ta), _fc_params(rng, 24, 20, tx, tb)
-        mM, mS = tflm_multiplier(f32(ta["scale"]) * f32(tb["scale"]) / f32(tm["scale"]))
+        mM, mS = tflm_multiplier(f32(ta.scale) * f32(tb.scale) / f32(tm.scale))
         pad = add_params(ta, tm, to)
         g = Graph()
-        x = g.tensor("x", "int8", [1, 20], tx["scale"], tx["zero_point"])
+        x = g.tensor("x", "int8", [1, 20], tx.scale, tx.zero_point)
         a, b = tflm._fc(g, x, pa, ta, "a"), tflm._fc(g, x, pb, tb, "b")
-        m = g.op("MUL", [a, b], [g.tensor("m", "int8", [1, 24], tm["scale"], tm["zero_point"])])
-        o = g.op("ADD", [a, m], [g.tensor("o", "int8", [1, 24], to["scale"], to["zero_point"])])
+        m = g.op("MUL", [a, b], [g.tensor("m", "int8", [1, 24], tm.scale, tm.zero_point)])
+        o = g.op("ADD", [a, m], [g.tensor("o", "int8", [1, 24], to.scale, to.zero_point)])
         it = rt.interpreter(g.serialize([x], [o]))
         xs = rng.integers(-128, 128, (400, 20))
         got = []
@@ -91,7 +92,7 @@ def test_fc_mul_add_graph_is_bit_exact():
             it.invoke()
             got.append(it.get_output(0)[0])
         ra, rb = np.clip(fc(pa, xs), -128, 127), np.clip(fc(pb, xs), -128, 127)
-        rm = np.clip(im.mbqm((ra - ta["zero_point"]) * (rb - tb["zero_point"]), mM, mS) + tm["zero_point"], -128, 127)
+        rm = np.clip(im.mbqm((ra - ta.zero_point) * (rb - tb.zero_point), mM, mS) + tm.zero_point, -128, 127)
         want = np.clip(add(pad, ra, rm), -128, 127)
         assert (np.asarray(got) == want).all(), f"seed {seed}: {(np.asarray(got) != want).sum()} outputs differ"
 

@@ -30,7 +30,8 @@ def went(e):
         kinds = [f"{row[k]} {k}" for k in ("bypassed", "removed") if row[k]]
         kinds += [f"{row['modes_pruned']} modes"] if row["modes_pruned"] else []
         parts.append(f"L{row['layer']}: " + (", ".join(kinds) or "-"))
-    return "; ".join(parts)
+    cut = (e["pruned"] or [{}])[0].get("width_cut", 0)
+    return (f"d_model -{cut}; " if cut else "") + "; ".join(parts)
 
 
 def human(r):
@@ -74,6 +75,10 @@ def register(sub):
                                                     "(default 1.0 without --rates or a cycle target)")
     p.add_argument("--target-cycles", type=positive, help="guided: stop once cycles per step are at most this")
     p.add_argument("--target-ratio", type=in_range(0, 1, low_open=True), help="guided: stop once cycles per step are at most this fraction of the unpruned model's")
+    p.add_argument("--max-latency-us", type=positive, help="guided: stop once a step takes at most this many "
+                   "microseconds at the board's clock (a cycle budget)")
+    p.add_argument("--max-flash", type=at_least(1), help="guided: stop once the model's flash (bytes, cost estimate) is at most this")
+    p.add_argument("--max-ram", type=at_least(1), help="guided: stop once the model's RAM (bytes, cost estimate) is at most this")
     p.add_argument("--latency", default="analytic", help=f"latency oracle: {' | '.join(ORACLES)}")
     p.add_argument("--board", default="cortex-m7", help="target board or core (see `s4op-micro boards`)")
     p.add_argument("--workers", type=at_least(1), default=1, help="candidates evaluated in parallel on local processes")

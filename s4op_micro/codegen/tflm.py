@@ -71,10 +71,10 @@ TEST_STEPS_MAX = 1024         # main.cc streams at most this many steps of its t
 def build_tflite(q):
     """QuantizedModel -> (.tflite bytes, info dict: ops, tensors, variables)."""
     _require()
-    g = Graph(f"s4op-micro streaming step ({q.meta['ssm']}, {q.meta['n_layers']} layers, "
-              f"{q.meta['coeff_bits']}-bit coefficients)")
+    g = Graph(f"s4op-micro streaming step ({q.meta.ssm}, {q.meta.n_layers} layers, "
+              f"{q.meta.coeff_bits}-bit coefficients)")
     T = q.tensors
-    x = g.tensor("x", "int8", [1, q.meta["d_input"]], T["x"]["scale"], T["x"]["zero_point"])
+    x = g.tensor("x", "int8", [1, q.meta.d_input], T["x"].scale, T["x"].zero_point)
     h = _fc(g, x, q.enc, T["h0"], "h0")
     n_vars = 0
     for i, layer in enumerate(q.layers):
@@ -88,28 +88,28 @@ def build_tflite(q):
 
 def _fc(g, x, p, out, name, perm=None):
     """int8 FULLY_CONNECTED with per-channel weights (our quantize_fc parameters)."""
-    w = np.asarray(p["w"]) if perm is None else np.asarray(p["w"])[:, perm]
+    w = np.asarray(p.w) if perm is None else np.asarray(p.w)[:, perm]
     s_in = g.qparams(x)[0][0]
-    wt = g.const(f"{name}_w", w, "int8", p["w_scale"], 0, axis=0)
-    bt = g.const(f"{name}_b", p["bias"], "int32", np.asarray(p["w_scale"]) * s_in, 0)
-    o = g.tensor(name, "int8", [1, len(w)], out["scale"], out["zero_point"])
+    wt = g.const(f"{name}_w", w, "int8", p.w_scale, 0, axis=0)
+    bt = g.const(f"{name}_b", p.bias, "int32", np.asarray(p.w_scale) * s_in, 0)
+    o = g.tensor(name, "int8", [1, len(w)], out.scale, out.zero_point)
     return g.op("FULLY_CONNECTED", [x, wt, bt], [o], keepNumDims=False)
 
 
 def _layer(g, q, i, layer, h):
-    T, s, H = q.tensors, layer["ssm"], q.meta["d_model"]
-    ms = np.asarray(s["mode_start"])
+    T, s, H = q.tensors, layer.ssm, q.meta.d_model
+    ms = np.asarray(s.mode_start)
     n_modes = np.diff(ms)
     ssm_ch = [k for k in range(len(n_modes)) if n_modes[k] > 0]
     perm = np.array(ssm_ch + [k for k in range(len(n_modes)) if n_modes[k] == 0])
-    K, Ka, z_h = len(perm), len(ssm_ch), int(s["in_zp"])
-    channels = np.asarray(s["channels"])[perm]
+    K, Ka, z_h = len(perm), len(ssm_ch), int(s.in_zp)
+    channels = np.asarray(s.channels)[perm]
     # skip and bias: d*h + (bias - d*z_h), int32 (1, K)
     hk = g.op("GATHER", [h, g.const(f"l{i}_kept", channels.astype(np.int32), "int32")],
               [g.like(h, f"l{i}_hk", shape=[1, K], **g.qkwargs(h))], axis=1)
-    d = np.asarray(s["d"])[perm]
+    d = np.asarray(s.d)[perm]
     acc = g.binary("MUL", g.cast(hk, "int32", f"l{i}_hk32"), d.reshape(1, K).astype(np.int32), f"l{i}_du")
-    acc = g.binary("ADD", acc, (np.asarray(s["bias"])[perm] - d * z_h).reshape(1, K).astype(np.int32), f"l{i}_du")
+    acc = g.binary("ADD", acc, (np.asarray(s.bias)[perm] - d * z_h).reshape(1, K).astype(np.int32), f"l{i}_du")
     if Ka:
         ssum = _recurrence(g, i, s, ssm_ch, h, H)
         if Ka < K:
@@ -117,25 +117,25 @@ def _layer(g, q, i, layer, h):
             ssum = g.op("CONCATENATION", [ssum, zeros], [g.tensor(f"l{i}_ssum", "int32", [1, K])], axis=1)
         acc = g.binary("ADD", acc, ssum, f"l{i}_acc")
     ty, tg = T[f"y{i}"], T[f"g{i}"]
-    y = g.requantize(acc, np.asarray(s["mult"])[perm], np.asarray(s["shift"])[perm], ty["zero_point"],
-                     ty["scale"], f"l{i}_y")
-    gel = g.lookup(y, layer["gelu"], tg["scale"], tg["zero_point"], f"l{i}_gelu")
-    a = _fc(g, gel, layer["fc_a"], T[f"a{i}"], f"l{i}_a", perm)
-    b = _fc(g, gel, layer["fc_b"], T[f"b{i}"], f"l{i}_b", perm)
-    sig = g.lookup(b, layer["sigmoid"], SIG_SCALE, SIG_ZP, f"l{i}_sigmoid")
+    y = g.requantize(acc, np.asarray(s.out.mult)[perm], np.asarray(s.out.shift)[perm], ty.zero_point,
+                     ty.scale, f"l{i}_y")
+    gel = g.lookup(y, layer.gelu, tg.scale, tg.zero_point, f"l{i}_gelu")
+    a = _fc(g, gel, layer.fc_a, T[f"a{i}"], f"l{i}_a", perm)
+    b = _fc(g, gel, layer.fc_b, T[f"b{i}"], f"l{i}_b", perm)
+    sig = g.lookup(b, layer.sigmoid, SIG_SCALE, SIG_ZP, f"l{i}_sigmoid")
     tz, tr = T[f"z{i}"], T[f"r{i}"]
-    z = g.op("MUL", [a, sig], [g.tensor(f"l{i}_z", "int8", [1, H], tz["scale"], tz["zero_point"])])
-    r = g.op("ADD", [h, z], [g.tensor(f"l{i}_r", "int8", [1, H], tr["scale"], tr["zero_point"])])
-    if "post" in layer:
-        r = _post_norm(g, r, layer["post"], T[f"h{i + 1}"], f"l{i}_post")
+    z = g.op("MUL", [a, sig], [g.tensor(f"l{i}_z", "int8", [1, H], tz.scale, tz.zero_point)])
+    r = g.op("ADD", [h, z], [g.tensor(f"l{i}_r", "int8", [1, H], tr.scale, tr.zero_point)])
+    if layer.post is not None:
+        r = _post_norm(g, r, layer.post, T[f"h{i + 1}"], f"l{i}_post")
     return r, Ka > 0
 
 
 def _recurrence(g, i, s, ssm_ch, h, H):
     """State update (16x16 BATCH_MATMUL) and the int32 readout sum of the channels with modes:
     (1, Ka) int32."""
-    ms = np.asarray(s["mode_start"])
-    Ka, z_h = len(ssm_ch), int(s["in_zp"])
+    ms = np.asarray(s.mode_start)
+    Ka, z_h = len(ssm_ch), int(s.in_zp)
     P = int(max(ms[k + 1] - ms[k] for k in ssm_ch))
     slot = np.full((P, Ka), -1)                       # mode index of each (slot, channel); -1: padding
     for a, k in enumerate(ssm_ch):
@@ -147,7 +147,7 @@ def _recurrence(g, i, s, ssm_ch, h, H):
         out[valid] = np.asarray(v, np.int64)[slot[valid]]
         return out
 
-    a_re, a_im, sh, kc, c_re, c_im = (per_slot(s[n]) for n in ("a_re", "a_im", "sh", "k", "c_re", "c_im"))
+    a_re, a_im, sh, kc, c_re, c_im = (per_slot(getattr(s, n)) for n in ("a_re", "a_im", "sh", "k", "c_re", "c_im"))
     if sh.max(initial=0) > 21:
         raise UserError(f"layer {i}: an input shift of {sh.max()} bits does not fit the int16 TFLM graph (max 21)")
     # the input gain 2^sh is an int16 weight on u (sh <= 14) or on 128u (sh >= 7): one column when it can
@@ -156,7 +156,7 @@ def _recurrence(g, i, s, ssm_ch, h, H):
     gains = [np.where(valid if len(scales) == 1 else valid & ((sh <= 14) == (f == 1)), (np.int64(1) << sh) // f, 0)
              for f in scales]
     re_row, im_row, const_vals = [a_re, -a_im, *gains], [a_im, a_re] + [0 * sh] * len(scales), []
-    if s["has_k"]:                                   # constant input K = k0 + 2^14 (k1 + k2 + ...)
+    if s.has_k:                                   # constant input K = k0 + 2^14 (k1 + k2 + ...)
         k_hi = np.where(kc >= 0, (kc + 8192) >> 14, -((-kc + 8192) >> 14))
         re_row.append(kc - (k_hi << 14)), im_row.append(0 * sh), const_vals.append(1)
         while True:                                  # int16 weights: |k_hi| may need two columns
@@ -168,7 +168,7 @@ def _recurrence(g, i, s, ssm_ch, h, H):
     R = np.stack([np.stack(re_row, -1), np.stack(im_row, -1)], axis=2)     # (P, Ka, 2, C), adj_y layout
     assert np.abs(R).max() <= 32767
     # LHS = [state | u and/or 128u | constants]; u is gathered per channel and broadcast over the slots
-    chan = np.asarray(s["channels"])[ssm_ch].reshape(Ka, 1, 1).astype(np.int32)
+    chan = np.asarray(s.channels)[ssm_ch].reshape(Ka, 1, 1).astype(np.int32)
     hc = g.op("GATHER", [h, g.const(f"l{i}_ssm_ch", chan, "int32")],
               [g.like(h, f"l{i}_hc", shape=[1, Ka, 1, 1], **g.qkwargs(h))], axis=1)
     u = g.op("CAST", [hc], [g.tensor(f"l{i}_h16", "int16", [1, Ka, 1, 1], 1.0, 0)])
@@ -196,20 +196,20 @@ def _recurrence(g, i, s, ssm_ch, h, H):
 
 
 def _post_norm(g, r, p, out, name):
-    H = len(p["w"])
+    H = len(p.w)
     s_in = g.qparams(r)[0][0]
     r4 = g.reshape(r, [1, 1, 1, H], f"{name}_in")
-    w = g.const(f"{name}_w", np.asarray(p["w"]).reshape(1, 1, 1, H), "int8", p["w_scale"], 0, axis=3)
-    b = g.const(f"{name}_b", p["bias"], "int32", np.asarray(p["w_scale"]) * s_in, 0)
-    o = g.tensor(name, "int8", [1, 1, 1, H], out["scale"], out["zero_point"])
+    w = g.const(f"{name}_w", np.asarray(p.w).reshape(1, 1, 1, H), "int8", p.w_scale, 0, axis=3)
+    b = g.const(f"{name}_b", p.bias, "int32", np.asarray(p.w_scale) * s_in, 0)
+    o = g.tensor(name, "int8", [1, 1, 1, H], out.scale, out.zero_point)
     o = g.op("DEPTHWISE_CONV_2D", [r4, w, b], [o], padding=fb.Padding.VALID, strideW=1, strideH=1,
              depthMultiplier=1, dilationWFactor=1, dilationHFactor=1)
     return g.reshape(o, [1, H], name)
 
 
 def _pool_and_decode(g, q, h):
-    H, C, T = q.meta["d_model"], q.meta["n_classes"], q.tensors
-    z = int(T[f"h{q.meta['n_layers']}"]["zero_point"])
+    H, C, T = q.meta.d_model, q.meta.n_classes, q.tensors
+    z = int(T[f"h{q.meta.n_layers}"].zero_point)
     pool_h, pool = g.variable("s4op_pool", "int32", [1, H])
     count_h, count = g.variable("s4op_count", "int32", [1])
     pool = g.binary("ADD", pool, g.binary("ADD", g.cast(h, "int32", "h32"), np.int32([-z]), "hz"), "pool")
@@ -221,10 +221,10 @@ def _pool_and_decode(g, q, h):
     pos = g.binary("DIV", g.binary("ADD", g.binary("MAXIMUM", n, np.int32([0]), "pos"), half, "pos"), count, "pos")
     neg = g.binary("DIV", g.binary("SUB", g.binary("MINIMUM", n, np.int32([0]), "neg"), half, "neg"), count, "neg")
     mean = g.binary("ADD", pos, neg, "mean")                              # rdiv(128 pool, count)
-    prod = g.binary("MUL", g.reshape(mean, [H, 1], "mean_t"), np.asarray(q.dec["w"]).T.astype(np.int32), "dec_wx")
-    acc = g.binary("ADD", g.tree_sum(prod, "dec_sum"), np.asarray(q.dec["bias"]).reshape(1, C).astype(np.int32), "dec_acc")
+    prod = g.binary("MUL", g.reshape(mean, [H, 1], "mean_t"), np.asarray(q.dec.w).T.astype(np.int32), "dec_wx")
+    acc = g.binary("ADD", g.tree_sum(prod, "dec_sum"), np.asarray(q.dec.bias).reshape(1, C).astype(np.int32), "dec_acc")
     t = T["logits"]
-    return g.requantize(acc, q.dec["mult"], q.dec["shift"], t["zero_point"], t["scale"], "scores")
+    return g.requantize(acc, q.dec.rq.mult, q.dec.rq.shift, t.zero_point, t.scale, "scores")
 
 
 def multiplier_check(q):
@@ -235,23 +235,23 @@ def multiplier_check(q):
     checks = []  # (name, tflm reals, export M, export shift)
 
     def fc(name, p, s_in, s_out):
-        checks.append((name, f32(s_in) * f32(np.asarray(p["w_scale"])) / f32(s_out), p["mult"], p["shift"]))
+        checks.append((name, f32(s_in) * f32(np.asarray(p.w_scale)) / f32(s_out), p.rq.mult, p.rq.shift))
 
-    fc("enc", q.enc, T["x"]["scale"], T["h0"]["scale"])
+    fc("enc", q.enc, T["x"].scale, T["h0"].scale)
     for i, layer in enumerate(q.layers):
-        fc(f"l{i}.fc_a", layer["fc_a"], T[f"g{i}"]["scale"], T[f"a{i}"]["scale"])
-        fc(f"l{i}.fc_b", layer["fc_b"], T[f"g{i}"]["scale"], T[f"b{i}"]["scale"])
-        m = layer["mul"]
-        checks.append((f"l{i}.mul", f32(T[f"a{i}"]["scale"]) * f32(SIG_SCALE) / f32(T[f"z{i}"]["scale"]),
-                       m["mult"], m["shift"]))
-        a = layer["add"]
-        s1, s2, so = f32(T[f"h{i}"]["scale"]), f32(T[f"z{i}"]["scale"]), f32(T[f"r{i}"]["scale"])
+        fc(f"l{i}.fc_a", layer.fc_a, T[f"g{i}"].scale, T[f"a{i}"].scale)
+        fc(f"l{i}.fc_b", layer.fc_b, T[f"g{i}"].scale, T[f"b{i}"].scale)
+        m = layer.mul
+        checks.append((f"l{i}.mul", f32(T[f"a{i}"].scale) * f32(SIG_SCALE) / f32(T[f"z{i}"].scale),
+                       m.rq.mult, m.rq.shift))
+        a = layer.add
+        s1, s2, so = f32(T[f"h{i}"].scale), f32(T[f"z{i}"].scale), f32(T[f"r{i}"].scale)
         tm = 2 * max(s1, s2)
-        checks += [(f"l{i}.add.in1", s1 / tm, a["in1_mult"], a["in1_shift"]),
-                   (f"l{i}.add.in2", s2 / tm, a["in2_mult"], a["in2_shift"]),
-                   (f"l{i}.add.out", tm / ((1 << a["left_shift"]) * so), a["out_mult"], a["out_shift"])]
-        if "post" in layer:
-            fc(f"l{i}.post", layer["post"], T[f"r{i}"]["scale"], T[f"h{i + 1}"]["scale"])
+        checks += [(f"l{i}.add.in1", s1 / tm, a.in1.mult, a.in1.shift),
+                   (f"l{i}.add.in2", s2 / tm, a.in2.mult, a.in2.shift),
+                   (f"l{i}.add.out", tm / ((1 << a.left_shift) * so), a.out.mult, a.out.shift)]
+        if layer.post is not None:
+            fc(f"l{i}.post", layer.post, T[f"r{i}"].scale, T[f"h{i + 1}"].scale)
     bad = {}
     for name, reals, M, S in checks:
         got = [tflm_multiplier(r) for r in np.atleast_1d(reals)]
@@ -280,7 +280,7 @@ def write_tflm(q, out_dir, model_bytes, info, x, expected, checked, board=None):
            "resource_variables": info["resource_variables"], "arena_size": size, "arena_measured": arena["needed"],
            "arena_allocated": arena["total"],
            "margin_pct": int(margin[0] * 100), "margin_bytes": margin[1],
-           "steps": len(x[0]), "n_inputs": x.shape[2], "n_classes": q.meta["n_classes"],
+           "steps": len(x[0]), "n_inputs": x.shape[2], "n_classes": q.meta.n_classes,
            "label": int(expected[-1].argmax()), "inputs": x[0].tolist(), "expected": expected.tolist()}
     for name in ("model_data.h", "model_data.cc", "main.cc", "CMakeLists.txt"):
         (d / name).write_text(render(f"tflm/{name}.j2", **ctx))
@@ -300,7 +300,7 @@ def write_tflm(q, out_dir, model_bytes, info, x, expected, checked, board=None):
 
 def test_sequence(q, calib_x):
     """int8 (1, L, C): the first calibration sequence (zeros without calibration data)."""
-    C = q.meta["d_input"]
+    C = q.meta.d_input
     if calib_x is None or len(calib_x) == 0:
         return np.zeros((1, 16, C), np.int8)
     x = np.asarray(calib_x[0], dtype=np.float64).reshape(1, -1, C)[:, :TEST_STEPS_MAX]

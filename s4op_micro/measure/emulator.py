@@ -134,7 +134,7 @@ def run_export(export_dir, board, qmodel, test, timeout=120.0):
     if x.ndim == 2:
         x = x[..., None]
     n, length, d_in = x.shape
-    n_classes = qmodel.meta["n_classes"]
+    n_classes = qmodel.meta.n_classes
     ref_scores = np.asarray(test.reference_scores, dtype=np.int64)
 
     per_seq = testdata_bytes(1, length, d_in, n_classes)

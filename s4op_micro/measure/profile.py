@@ -228,16 +228,13 @@ class PhaseMap:
 def phase_macs(q, steps, sequences):
     """{(phase, layer): MACs over the run} from a QuantizedModel (see the module docstring), with
     a (phase, None) entry summing each per-layer phase over the layers."""
-    import numpy as np
-
-    H, C, NC = q.meta["d_model"], q.meta["d_input"], q.meta["n_classes"]
+    H, C, NC = q.meta.d_model, q.meta.d_input, q.meta.n_classes
     macs = defaultdict(int)
     macs[("encoder", None)] = H * C * steps
     macs[("decoder", None)] = NC * H * sequences
     for i, L in enumerate(q.layers):
-        s = L["ssm"]
-        M, K = int(np.diff(s["mode_start"]).sum()), len(s["channels"])
-        post = L.get("post") is not None and not q.meta["prenorm"]
+        M, K = L.ssm.n_modes, L.ssm.n_kept
+        post = L.post is not None and not q.meta.prenorm
         per = {"ssm": 5 * M, "readout": 2 * M + K, "mixer": 2 * H * K, "glu": H, "norm": H if post else 0}
         for ph, n in per.items():
             macs[(ph, i)] += n * steps

@@ -77,6 +77,10 @@ def check_model(model_bytes, what="the .tflite"):
     return model
 
 
+def _n_inputs(model_bytes):
+    return fb.Model.GetRootAs(bytes(model_bytes), 0).Subgraphs(0).InputsLength()
+
+
 def interpreter(model_bytes, arena_size=None, what="the .tflite"):
     """A TFLM interpreter (the real kernels) for the model, or a one-line UserError."""
     check_model(model_bytes, what)
@@ -116,7 +120,7 @@ def measure_arena(model_bytes):
     ("total": what stays allocated), and the smallest arena that really loads and runs ("needed",
     by bisection: planning the memory also borrows temporary space the report does not show)."""
     it = interpreter(model_bytes)
-    _invoke_zeros(it)
+    _invoke_zeros(it, _n_inputs(model_bytes))
     log = []
     with c_stderr(log):
         it.print_allocations()
@@ -135,8 +139,11 @@ def measure_arena(model_bytes):
             "report": [ln.replace("[RecordingMicroAllocator] ", "") for ln in log if ln.strip()]}
 
 
-def _invoke_zeros(it):
-    it.set_input(np.zeros(it.get_input_details(0)["shape"], np.int8), 0)
+def _invoke_zeros(it, n_inputs=1):
+    """One Invoke on zeros in every input (of its own type): what an arena must hold."""
+    for i in range(n_inputs):
+        d = it.get_input_details(i)
+        it.set_input(np.zeros(d["shape"], d["dtype"]), i)
     it.invoke()
 
 
@@ -144,7 +151,8 @@ def _runs(model_bytes, size):
     try:
         log = []
         with c_stderr(log):
-            _invoke_zeros(_runtime().Interpreter.from_bytes(bytes(model_bytes), arena_size=int(size)))
+            _invoke_zeros(_runtime().Interpreter.from_bytes(bytes(model_bytes), arena_size=int(size)),
+                          _n_inputs(model_bytes))
         return True
     except RuntimeError:
         return False
@@ -203,9 +211,9 @@ def run_export(export_dir, qmodel, reference, test):
     it = interpreter(model_bytes, size, str(path))
     m = qmodel.meta
     shapes = (list(it.get_input_details(0)["shape"]), list(it.get_output_details(0)["shape"]))
-    if shapes != ([1, m["d_input"]], [1, m["n_classes"]]):
-        raise UserError(f"{path} takes {shapes[0]} and gives {shapes[1]}; DIR's model needs [1, {m['d_input']}] "
-                        f"-> [1, {m['n_classes']}]: re-export with --formats c,tflm")
+    if shapes != ([1, m.d_input], [1, m.n_classes]):
+        raise UserError(f"{path} takes {shapes[0]} and gives {shapes[1]}; DIR's model needs [1, {m.d_input}] "
+                        f"-> [1, {m.n_classes}]: re-export with --formats c,tflm")
     got = run_sequences(it, test.x_int8)
     want = reference.run_steps(test.x_int8)
     pred, ref_pred = got[:, -1].argmax(-1), want[:, -1].argmax(-1)

@@ -1,6 +1,6 @@
 """Operator pruning (S4oP and beyond): `prune(...)` in api.py.
 
-operators   apply a pruning decision: rebuild a smaller model (bypass, removed, modes, blocks)
+operators   apply a pruning decision: rebuild a smaller model (bypass, removed, modes, blocks, width)
 importance  H-infinity (LAST-style) and Taylor scores of operators and modes
 latency     the latency oracles (analytic, lut:FILE, emulator, board) and the LUT format
 controller  the strategies: s4op (published baseline) and guided (importance + latency, NetAdapt-like)

@@ -60,6 +60,9 @@ class PruneOptions:
     max_drop: float = None
     target_cycles: float = None
     target_ratio: float = None
+    max_latency_us: float = None      # at the board's clock: a cycle budget of max_latency_us * MHz
+    max_flash: int = None             # bytes, quant.cost.cost_report's estimate of the model
+    max_ram: int = None
     latency: str = "analytic"
     board: str = "cortex-m7"
     workers: int = 1
@@ -83,7 +86,7 @@ def parse_rates(text):
     return rates
 
 
-def parse_granularity(text, strategy, ssm):
+def parse_granularity(text, strategy, ssm, latency="analytic"):
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in GRANULARITIES]
     if unknown or not kinds:
@@ -92,6 +95,9 @@ def parse_granularity(text, strategy, ssm):
         raise UserError("--strategy s4op prunes operators only (as published); other granularities need --strategy guided")
     if "mode" in kinds and ssm != "s4d":
         raise UserError("--granularity mode needs an S4D model (S4's DPLR modes are coupled)")
+    if "width" in kinds and latency.startswith("lut:"):
+        raise UserError("--granularity width narrows d_model, which a per-layer table (--latency lut:FILE) cannot "
+                        "price; use --latency analytic or emulator")
     return tuple(kinds)
 
 
@@ -117,15 +123,21 @@ def settings_from(o, model_path, model, ckpt, start_rate, log):
         raise UserError("--target-cycles must be positive (cycles per timestep)")
     if o.target_ratio is not None and not 0 < o.target_ratio < 1:
         raise UserError("--target-ratio is the fraction of the unpruned model's cycles to reach, in (0, 1)")
-    if o.strategy == "s4op" and (o.max_drop is not None or o.target_cycles or o.target_ratio):
-        raise UserError("--max-drop/--target-cycles/--target-ratio steer --strategy guided; s4op runs every rate")
+    for name in ("max_latency_us", "max_flash", "max_ram"):
+        if getattr(o, name) is not None and not getattr(o, name) > 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
+    budgets = (o.target_cycles, o.target_ratio, o.max_latency_us, o.max_flash, o.max_ram)
+    if o.strategy == "s4op" and (o.max_drop is not None or any(b is not None for b in budgets)):
+        raise UserError("--max-drop/--target-cycles/--target-ratio/--max-latency-us/--max-flash/--max-ram steer "
+                        "--strategy guided; s4op runs every rate")
     max_drop = o.max_drop
-    if o.strategy == "guided" and max_drop is None and not o.rates and not (o.target_cycles or o.target_ratio):
+    if o.strategy == "guided" and max_drop is None and not o.rates and all(b is None for b in budgets):
         max_drop = 1.0  # guided on its own: prune until it costs a point of accuracy
     return Settings(
         recipe=recipe_from(o, ckpt), strategy=o.strategy, rates=rates, score=o.score,
-        granularity=parse_granularity(o.granularity, o.strategy, model.config["ssm"]),
-        max_drop=max_drop, target_cycles=o.target_cycles, device=check_device(o.device),
+        granularity=parse_granularity(o.granularity, o.strategy, model.config["ssm"], o.latency),
+        max_drop=max_drop, target_cycles=o.target_cycles, max_flash=o.max_flash, max_ram=o.max_ram,
+        device=check_device(o.device),
         qat=o.qat, coeff_bits=o.coeff_bits, bars=log is not None, log=log or (lambda msg: None))
 
 
@@ -166,8 +178,7 @@ def prune(model_path, out, options=None, *, force=False, quiet=False, measure=No
     oracle = make_oracle(o.latency, board, lineage, o.coeff_bits, calib_x=data.x_train[:256], measure=measure)
     start = Candidate(model, lineage, list((ckpt.get("pruning") or {}).get("history", [])))
     base_cycles = oracle.cycles(model, lineage)
-    if o.target_ratio:
-        settings.target_cycles = o.target_ratio * base_cycles
+    settings.target_cycles = cycle_budget(o, board, base_cycles)
 
     out = Path(out)
     with atomic_output_dir(out, force=force, allow_existing=True) as tmp:
@@ -181,6 +192,8 @@ def prune(model_path, out, options=None, *, force=False, quiet=False, measure=No
         written = []
         for rate, cand in kept:
             name = pareto.checkpoint_name(rate, o.strategy, keep_others)
+            while name in written:  # two kept models a hair apart in rate
+                name = name[:-3] + "_b.pt"
             e = entry(o, o.strategy, rate, cand, out.resolve() / name, data, oracle, board, cand.epochs)
             save_checkpoint(tmp / name, cand.model, ckpt["normalization"], ckpt["dataset"], metrics_of(e, ckpt),
                             pruning=pruning_record(o, model_path, settings, rate, cand))
@@ -194,6 +207,15 @@ def prune(model_path, out, options=None, *, force=False, quiet=False, measure=No
                        models=entries, stopped=ctx.stop_reason, seconds=round(time.time() - started, 1))
 
 
+def cycle_budget(o, board, base_cycles):
+    """The tightest of --target-cycles, --target-ratio x the start model's and --max-latency-us at the
+    board's clock (cycles per step); None without any."""
+    given = [o.target_cycles, o.target_ratio and o.target_ratio * base_cycles,
+             o.max_latency_us and o.max_latency_us * board.clock_hz / 1e6]
+    given = [g for g in given if g]
+    return min(given) if given else None
+
+
 def entry(o, strategy, rate, cand, path, data, oracle, board, epochs):
     model, lineage = cand.model, cand.lineage
     test = evaluate(model, data.x_test, data.y_test)
@@ -202,7 +224,8 @@ def entry(o, strategy, rate, cand, path, data, oracle, board, epochs):
     return {
         "rate": round(rate, 4), "pruned_fraction": round(pruned_fraction(model, lineage), 4), "strategy": strategy,
         "path": str(path), "accuracy": test["accuracy"], "test_loss": test["loss"], "val_accuracy": val,
-        "operators": operators_kept(model, lineage), "pruned": summary(model, lineage),
+        "operators": operators_kept(model, lineage), "d_model": model.config["d_model"],
+        "pruned": summary(model, lineage),
         "params": effective_params(model), "flash_bytes": report["flash_bytes"], "ram_bytes": report["ram_bytes"],
         "cycles_per_step": round(oracle.cycles(model, lineage), 1), "cycles_source": oracle.source, "board": board.name,
         "finetune_epochs": epochs,

@@ -12,15 +12,20 @@ pruned (the published loop never starts), and a remainder that rounding cannot p
 deepest unsaturated layer (no endless loop).
 
 guided (ours): NetAdapt-like. From rate to rate it takes small steps (at most STEP of the state
-each); at every step each layer proposes, for each allowed granularity, to drop its least important
-units (`importance.score`: --score hinf|taylor) or the whole block; each proposal's damage is
-measured (loss on validation + training sequences after re-estimating BatchNorm statistics), its
-cycles saved come from the latency oracle, and the proposal with the least loss increase per cycle
-saved wins; a one-epoch fine-tune follows it. At each rate the model is fine-tuned with what is left
-of the budget: len(seeds) x epochs of its own recipe (recipe.FinetuneRecipe.guided), the most an s4op
-run with that recipe would spend. Stops when validation accuracy falls more than --max-drop points below the
-unpruned model (that model is not kept), or once the cycle target is met (past the last rate if
-need be).
+each); at every step it proposes, for each allowed granularity, to drop the least important units:
+per layer its operators (bypassed, or removed with their mixer column), its modes or the whole block,
+and model-wide whole channels of the residual stream (`width`: a narrower d_model, which shrinks
+every mixer, norm, requantization and GELU/GLU pass, not only the recurrence); importance from
+`importance.score` (--score hinf|taylor), channels from `importance.channel_scores` (Taylor). Each
+proposal's damage is measured (loss on validation + training sequences after re-estimating
+BatchNorm statistics), its cycles saved come from the latency oracle, and the proposal with the
+least loss increase per cycle saved wins; a one-epoch fine-tune follows it. At each rate the model
+is fine-tuned with what is left of the budget: len(seeds) x epochs of its own recipe
+(recipe.FinetuneRecipe.guided), the most an s4op run with that recipe would spend. Stops when
+validation accuracy falls more than --max-drop points below the unpruned model (that model is not
+kept), or once every budget given is met (cycles per step: --target-cycles, --target-ratio,
+--max-latency-us; bytes: --max-flash, --max-ram, from quant.cost.cost_report), past the last rate
+if need be.
 """
 
 import math
@@ -30,16 +35,18 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..quant.cost import cost_report
 from ..train import evaluate
 from . import importance
 from .finetune import damage_task, finetune_task, pack, unpack
 from .operators import Decision, apply, pruned_fraction
 
 DEFAULT_RATES = (0.1, 0.3, 0.5, 0.7, 0.9)
-GRANULARITIES = ("operator", "mode", "removed", "block")
+GRANULARITIES = ("operator", "mode", "removed", "block", "width")
 STRATEGIES = ("s4op", "guided")
 STEP = 0.05  # guided: at most this fraction of the original state goes per step
 MAX_STEPS = 200  # guided: per rate (every step prunes at least one unit; this is a safety net)
+SEGMENT = 0.1  # guided past the last rate: a kept model per this fraction of the start model's cycles
 
 
 @dataclass
@@ -51,6 +58,8 @@ class Settings:
     granularity: tuple = ("operator",)
     max_drop: float = None  # accuracy points
     target_cycles: float = None
+    max_flash: int = None  # bytes (quant.cost.cost_report)
+    max_ram: int = None
     device: str = "cpu"
     qat: bool = False
     coeff_bits: int = 8  # of the exported recurrence coefficients: QAT and the cost report
@@ -182,24 +191,57 @@ def run_guided(start, ctx):
     s, current, seed = ctx.s, start, ctx.s.recipe.seeds[0]
     base_accuracy, _ = ctx.validation(start.model)
 
-    def cycles_met(c):  # the estimate first; a measuring oracle then confirms (and refreshes its scale)
-        return (s.target_cycles is not None and ctx.oracle.estimate(c.model, c.lineage) <= s.target_cycles
-                and ctx.oracle.cycles(c.model, c.lineage) <= s.target_cycles)
+    budgets = s.target_cycles is not None or s.max_flash is not None or s.max_ram is not None
 
-    # a cycle target not met at the last rate: go on pruning (blocks included) until it is met
-    schedule = [*s.rates, *([1.0] if s.target_cycles is not None else [])]
-    for m, rate in enumerate(schedule):
-        label = f"guided {rate:.0%}" if rate < 1 else "guided (to the cycle target)"
+    def cycles_met(c):  # every budget given; cycles: the estimate first, a measuring oracle then confirms
+        if not budgets:
+            return False
+        if s.max_flash is not None or s.max_ram is not None:
+            report = cost_report(c.model, s.coeff_bits)
+            if (s.max_flash is not None and report["flash_bytes"] > s.max_flash
+                    or s.max_ram is not None and report["ram_bytes"] > s.max_ram):
+                return False
+        return s.target_cycles is None or (ctx.oracle.estimate(c.model, c.lineage) <= s.target_cycles
+                                           and ctx.oracle.cycles(c.model, c.lineage) <= s.target_cycles)
+
+    base_cycles = ctx.oracle.estimate(start.model, start.lineage)
+
+    def milestones():
+        """The rates, then (a budget not met at the last rate) segments of SEGMENT x the start
+        model's cycles each, down to the cycle target (or on to 100% for a flash/RAM budget): every
+        segment is fine-tuned and kept, so the accuracy-vs-cycles front stays fine-grained."""
+        yield from ((r, None) for r in s.rates)
+        while budgets and not cycles_met(current) and not ctx.stop_reason:
+            if s.target_cycles is None:
+                yield 1.0, None
+                return
+            now = ctx.oracle.estimate(current.model, current.lineage)
+            yield 1.0, max(s.target_cycles, now - SEGMENT * base_cycles)
+
+    for m, (rate, cycles) in enumerate(milestones()):
+        label = (f"guided {rate:.0%}" if cycles is None and rate < 1 else
+                 f"guided (to {cycles:.0f} cycles)" if cycles is not None else "guided (to the budget)")
         used = step = 0
-        while current.rate < rate - 1e-9 and not cycles_met(current) and step < MAX_STEPS:
+
+        def more():
+            if cycles_met(current) or step >= MAX_STEPS:
+                return False
+            if cycles is not None:
+                return ctx.oracle.estimate(current.model, current.lineage) > cycles
+            return current.rate < rate - 1e-9
+
+        while more():
             remaining = rate - current.rate
-            chosen = best_proposal(current, remaining / math.ceil(remaining / STEP - 1e-9), rate, ctx, label)
+            fraction = STEP if cycles is not None else remaining / math.ceil(remaining / STEP - 1e-9)
+            chosen = best_proposal(current, fraction, rate, ctx, label)
             if chosen is None:
                 ctx.stop_reason = "nothing left to prune"
                 break
             current, step = chosen, step + 1
             if used + s.recipe.epochs < s.budget:  # a short fine-tune, if the budget allows
                 used += ctx.finetune([current], 1, None, f"{label} step {step}", [seed + 1000 * m + step])
+        if step == 0 and m >= len(s.rates):
+            break  # nothing to do past the rates
         used += ctx.finetune([current], max(1, s.budget - used), s.recipe.patience, f"{label} fine-tune",
                              [seed + 1000 * m + 999])
         current.epochs = used
@@ -209,14 +251,21 @@ def run_guided(start, ctx):
                                f"below the unpruned model's {base_accuracy:.3f} (--max-drop {s.max_drop:g}); not kept")
             return
         met = cycles_met(current)
-        yield (rate if current.rate >= rate - 1e-9 else round(current.rate, 3)), current
+        yield (rate if cycles is None and current.rate >= rate - 1e-9 else round(current.rate, 4)), current
         if met:
-            ctx.stop_reason = f"cycle target {s.target_cycles:.0f} per step reached"
+            ctx.stop_reason = f"{budget_text(s)} reached"
             return
         if ctx.stop_reason:
             return
-    if s.target_cycles is not None:
-        ctx.stop_reason = f"cycle target {s.target_cycles:.0f} per step not reached by the last rate"
+    if budgets:
+        ctx.stop_reason = f"{budget_text(s)} not reached by the last rate"
+
+
+def budget_text(s):
+    parts = ([f"cycle target {s.target_cycles:.0f} per step"] if s.target_cycles is not None else []) \
+        + ([f"flash budget {s.max_flash} B"] if s.max_flash is not None else []) \
+        + ([f"RAM budget {s.max_ram} B"] if s.max_ram is not None else [])
+    return " and ".join(parts)
 
 
 def best_proposal(current, fraction, rate, ctx, label):
@@ -236,9 +285,40 @@ def best_proposal(current, fraction, rate, ctx, label):
     kind, layer, chosen = proposals[best]
     dloss = damages[best + 1]["loss"] - damages[0]["loss"]
     saved = cycles_now - ctx.oracle.estimate(chosen.model, chosen.lineage)
-    ctx.s.log(f"{label}: {kind} step in layer {current.lineage.layers[layer]} (loss {dloss:+.4f}, "
+    where = (f"d_model {current.model.config['d_model']} -> {chosen.model.config['d_model']}" if layer is None
+             else f"layer {current.lineage.layers[layer]}")
+    ctx.s.log(f"{label}: {kind} step, {where} (loss {dloss:+.4f}, "
               f"{saved:.0f} cycles saved; best of {len(proposals)} proposals) -> {chosen.rate:.1%} pruned")
     return chosen
+
+
+def width_decision(model, lineage, units, scores):
+    """Cut the least important residual channels: as many as carry about `units` modes, at most
+    max(1, ceil(STEP x the original d_model)) per step, never the last channel nor the last active
+    operator of a layer."""
+    H = model.config["d_model"]
+    if H <= 1:
+        return None
+    cap = max(1, math.ceil(STEP * lineage.d_model - 1e-9))
+    modes = [0] * H
+    active_left = []
+    for layer in model.layers:
+        mask = getattr(layer.kernel, "mode_mask", None)
+        per = (mask > 0).sum(-1).tolist() if mask is not None else [layer.n // 2] * len(layer.active)
+        for c, k in zip(layer.active.tolist(), per):
+            modes[c] += int(k)
+        active_left.append(set(layer.active.tolist()))
+    chosen, carried = [], 0
+    for c in np.argsort(scores.numpy(), kind="stable").tolist():
+        if len(chosen) >= min(cap, H - 1) or carried >= units:
+            break
+        if any(a == {c} for a in active_left):
+            continue
+        for a in active_left:
+            a.discard(c)
+        chosen.append(c)
+        carried += modes[c]
+    return Decision(channels=sorted(chosen)) if chosen else None
 
 
 def propose(current, fraction, rate, ctx):
@@ -248,9 +328,14 @@ def propose(current, fraction, rate, ctx):
     units = fraction * lineage.n_layers * lineage.d_model * M  # modes to prune
     x, y = ctx.data.x_train, ctx.data.y_train
     needs = {"operator": "bypass", "removed": "zero", "mode": "mode"}
-    by_kind = importance.score(model, s.score, [needs[k] for k in s.granularity if k in needs], x, y)
+    kinds = [needs[k] for k in s.granularity if k in needs]
+    by_kind = importance.score(model, s.score, kinds, x, y) if kinds else {}
     scores = {k: by_kind[needs[k]] for k in s.granularity if k in needs}
     proposals = []
+    if "width" in s.granularity:
+        decision = width_decision(model, lineage, units, importance.channel_scores(model, x, y))
+        if decision is not None:
+            proposals.append(("width", None, current.then(decision, "guided", rate)))
     for j, layer in enumerate(model.layers):
         active = layer.active.tolist()
         for kind in s.granularity:

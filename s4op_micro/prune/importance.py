@@ -14,6 +14,12 @@ hinf    From the discretized modes, in the spirit of LAST (Gwak et al., 2024): t
 taylor  First-order Taylor estimate of the loss change (Molchanov et al., 2019), summed over
         training batches: |sum g (R - y)| per operator, with g = dLoss/dy its output;
         |dLoss/dmask| per mode (mode_mask is the gate).
+
+Residual channels (`channel_scores`, the width granularity) are always scored by Taylor: |dLoss/dm_c|
+for a mask m on the residual stream (operators.mask_forward: after the encoder, at every block's
+input and output), i.e. the first-order loss change of holding channel c at zero everywhere, which
+is exactly what cutting it does. (An H-infinity norm has no meaning for a channel that also feeds
+the mixers, norms and the decoder.)
 """
 
 import math
@@ -102,6 +108,28 @@ def _taylor(model, kinds, x, y, batch_size):
     if "mode" in kinds:
         totals["mode"] = [torch.where(m == 0, math.inf, t) for m, t in zip(masks, totals["mode"])]
     return totals
+
+
+def channel_scores(model, x, y, max_samples=256, batch_size=64):
+    """Taylor score per residual channel (H,) of `model`: lower = safer to cut."""
+    from .operators import mask_forward
+
+    x = torch.as_tensor(np.asarray(x[:max_samples]))
+    param = next(model.parameters())
+    x = x.to(param.dtype) if x.is_floating_point() else x.long()
+    y = torch.as_tensor(np.asarray(y[:max_samples])).long()
+    was_training = model.training
+    model.eval()
+    m = torch.ones(model.config["d_model"], dtype=param.dtype, requires_grad=True)
+    total = torch.zeros(model.config["d_model"], dtype=torch.float64)
+    try:
+        for xb, yb in batches(x, y, batch_size):
+            g, = torch.autograd.grad(F.cross_entropy(mask_forward(model, xb, m), yb), m)
+            total += g.abs().double()
+    finally:
+        model.zero_grad()
+        model.train(was_training)
+    return total.float()
 
 
 def _diagonal_modes(kernel):

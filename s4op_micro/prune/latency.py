@@ -4,6 +4,10 @@
 
   analytic   MAC and load counts per step (export.cost_report, from the model's shapes) x per-core
              costs (CORE_COSTS, keyed by the board's cpu). Always available. Source "analytic estimate".
+             A width cut (a narrower d_model) is priced through the shapes like any other model: on
+             the default UCR shape (32/32/2, cortex-m7) the cycles it saves, as a fraction of the
+             model's, are within 10% of QEMU's, and scaled by one measurement (the emulator oracle's
+             `estimate`) within 3% (tests/test_prune.py); the unscaled M7 figures run ~9% high.
   lut:FILE   a per-layer cost table measured once on the emulator or a board (format below).
              Source: the table's own ("emulator instruction count" or "board DWT cycles").
   emulator   measure each model's firmware in QEMU: deterministic instruction counts.
@@ -33,7 +37,8 @@ LUT format (JSON), one table per board and model shape:
 
 A block's cycles at a width between two measured widths are interpolated linearly (outside them,
 extrapolated from the nearest two); modes pruned count as fractional operators; a dropped block
-costs 0. A table for another board or model shape is refused.
+costs 0. A table for another board or model shape is refused, and so is --granularity width with
+a table (it has no narrower-d_model entries).
 """
 
 import json
@@ -54,19 +59,17 @@ MEASURED_SOURCES = {"emulator": "emulator instruction count", "board": "board DW
 # per step (calls, requantization, tables). An estimate to rank candidates: measure a LUT on the
 # emulator or the board for real figures.
 # Fitted (non-negative least squares on the relative error) to QEMU instruction counts x the core's
-# CPI (boards.CORE_CPI) by benchmarks/bench_latency.py: 4 shapes x 6 widths per core, mean error
-# 2-4%, max 11% (results/latency_calibration.md), refitted after the generated C became ~2x
-# cheaper on DSP cores. Per-mode and per-channel work (state update, requantization) is what a
-# step spends, which the load count tracks better than the MAC count (the fit puts the MAC cost at
-# 0 except on M3).
+# CPI (boards.CORE_CPI) by benchmarks/bench_latency.py --quick (3 shapes x 6 widths per core, 108
+# measurements): mean error 0.5-1.8%, max 5.7% (results/latency_calibration.md), refitted after the
+# generated C moved to per-layer code, int16 mixer weights and export-time requantization records.
 CORE_COSTS = {
-    "cortex-m0plus": dict(mac=0.0, load=26.111, layer=2698, step=515),
-    "cortex-m0": dict(mac=0.0, load=26.111, layer=2698, step=515),
-    "cortex-m3": dict(mac=2.631, load=9.183, layer=1261, step=19),
-    "cortex-m4": dict(mac=0.0, load=7.789, layer=1121, step=325),
-    "cortex-m33": dict(mac=0.0, load=6.651, layer=953, step=308),
-    "cortex-m7": dict(mac=0.0, load=5.322, layer=746, step=269),
-    "cortex-m55": dict(mac=0.0, load=6.242, layer=916, step=346),
+    "cortex-m0plus": dict(mac=12.076, load=1.991, layer=1594, step=3167),
+    "cortex-m0": dict(mac=12.076, load=1.991, layer=1594, step=3167),
+    "cortex-m3": dict(mac=2.24, load=5.76, layer=28, step=172),
+    "cortex-m4": dict(mac=0.508, load=3.698, layer=122, step=457),
+    "cortex-m33": dict(mac=0.365, load=3.329, layer=102, step=287),
+    "cortex-m7": dict(mac=0.44, load=2.434, layer=94, step=276),
+    "cortex-m55": dict(mac=0.799, load=2.37, layer=165, step=409),
 }
 
 

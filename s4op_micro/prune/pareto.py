@@ -48,7 +48,7 @@ def finetune_of(directory, kept):
 def checkpoint_name(rate, strategy, others):
     """pruned_<pct>.pt; with the other strategy's pruned_<pct>.pt already in DIR, pruned_<pct>_<strategy>.pt.
     (<pct> keeps a decimal where the rate is not a whole percentage, e.g. where a cycle target stopped.)"""
-    pct = f"{round(100 * rate, 1):g}"
+    pct = f"{round(100 * rate, 2):g}"
     name = f"pruned_{pct}.pt"
     taken = {Path(e["path"]).name for e in others}
     return name if name not in taken else f"pruned_{pct}_{strategy}.pt"
@@ -71,7 +71,15 @@ def write(directory, entries, finetune=None):
     plot(entries, directory / "pareto.png")
 
 
-def plot(entries, path):
+def mark_chosen(directory, chosen_path, note="deployed"):
+    """Redraw DIR/pareto.png with the model at `chosen_path` circled (the pipeline's deployed one)."""
+    directory = Path(directory)
+    plot(read(directory), directory / "pareto.png", chosen=str(chosen_path), note=note)
+
+
+def plot(entries, path, chosen=None, note="deployed"):
+    sources = sorted({e["cycles_source"] for e in entries})
+    estimate = any("estimate" in src and "emulator" not in src for src in sources)
     cycles_label = "; ".join(sorted({f"{e['cycles_source']}, {e['board']}" for e in entries}))
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for strategy in sorted({e["strategy"] for e in entries}, key=lambda s: s != "unpruned"):
@@ -81,7 +89,11 @@ def plot(entries, path):
         if strategy != "unpruned":
             for x, y, r in points:
                 ax.annotate(f"{r:.0%}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel(f"cycles per timestep ({cycles_label})")
+    for e in entries:
+        if chosen is not None and e["path"] == chosen:
+            ax.plot([e["cycles_per_step"]], [100 * e["accuracy"]], "o", markersize=16, markerfacecolor="none",
+                    markeredgecolor="tab:green", markeredgewidth=2, label=note)
+    ax.set_xlabel(("estimated " if estimate else "") + f"cycles per timestep ({cycles_label})", fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend()

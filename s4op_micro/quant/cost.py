@@ -4,17 +4,19 @@ for every candidate and what the analytic latency oracle prices.
 
 flash_bytes = const data (exactly what s4op_weights.c declares, padding aside) + CODE_BYTES.
 ram_bytes   = the static state struct + the decoder's stack buffer.
+
+Flash per layer (s4op_internal.h): channel records, mode records (c, B[, K + 2^14]) and A codes, the
+GELU and sigmoid tables, the int16 mixer weights [H][Kp/8][2][8] and rows, the two ADD input tables.
+RAM per mode: the state and the expanded Q15 A (8 bytes, both coefficient widths).
 """
 
 import numpy as np
 
-from .quantize import QuantizedModel
+from .qmodel import QuantizedModel
 
-CODE_BYTES = {16: 1320, 8: 2400}
+CODE_BYTES = {16: 2100, 8: 3130}   # -Os, the 32/32/2 model: step code (modes unrolled per layer) + reset
 
-LAYER_DESC_BYTES = 200        # sizeof(s4op_layer_t) on a 32-bit target
-
-FC_DESC_BYTES = 24
+RQ = 16                       # sizeof(s4op_requant_t)
 
 
 def _shapes_from_model(model):
@@ -40,16 +42,16 @@ def _shapes_from_model(model):
 def _shapes_from_qmodel(q):
     layers = []
     for L in q.layers:
-        s = L["ssm"]
-        layers.append({"modes_per_channel": np.diff(s["mode_start"]).tolist(), "n_active": int(np.sum(s["active"])),
-                       "n_removed": q.meta["d_model"] - len(s["channels"]), "has_k": bool(s["has_k"])})
+        s = L.ssm
+        layers.append({"modes_per_channel": np.diff(s.mode_start).tolist(), "n_active": int(np.sum(s.active)),
+                       "n_removed": q.meta.d_model - s.n_kept, "has_k": s.has_k})
     m = q.meta
-    return {"d_input": m["d_input"], "n_classes": m["n_classes"], "d_model": m["d_model"], "prenorm": m["prenorm"],
+    return {"d_input": m.d_input, "n_classes": m.n_classes, "d_model": m.d_model, "prenorm": m.prenorm,
             "layers": layers}
 
 
 def _fc_bytes(n_out, n_in):
-    return n_out * n_in + n_out * (4 + 4 + 1) + FC_DESC_BYTES
+    return n_out * n_in + n_out * (4 + RQ)          # weights + s4op_fc_row_t per row
 
 
 def cost_report(model_or_qmodel, coeff_bits=8):
@@ -62,38 +64,37 @@ def cost_report(model_or_qmodel, coeff_bits=8):
     pairs and int8 quads are one load each)."""
     if isinstance(model_or_qmodel, QuantizedModel):
         sh = _shapes_from_qmodel(model_or_qmodel)
-        coeff_bits = model_or_qmodel.meta["coeff_bits"]
+        coeff_bits = model_or_qmodel.meta.coeff_bits
     else:
         sh = _shapes_from_model(model_or_qmodel)
     H, C, NC = sh["d_model"], sh["d_input"], sh["n_classes"]
     enc_flash, dec_flash = _fc_bytes(H, C), _fc_bytes(NC, H)
-    flash = enc_flash + dec_flash + 4
+    flash = enc_flash + dec_flash
     macs = H * C + NC * H
     loads = H * ((C + 3) // 4 + 3) + NC * (H // 2 + 3) + H
-    total_modes, max_kept, layers = 0, 1, []
+    total_modes, max_kp, layers, ram_modes = 0, 8, [], 0
+    post = not sh["prenorm"]
     for i, L in enumerate(sh["layers"]):
         mpc = L["modes_per_channel"]
         K, M = len(mpc), int(sum(mpc))
+        Kp = max(8, -(-K // 8) * 8)
         total_modes += M
-        max_kept = max(max_kept, K)
-        per_mode = (4 + 4) if coeff_bits == 16 else (2 + 0)
-        c8 = 4 * sum((m + 1) // 2 for m in mpc)
-        f = 2 * K + 2 * (K + 1) + M * per_mode + M + (4 * M if L["has_k"] else 0) + K * 13
-        f += (c8 + 12 * K) if coeff_bits == 8 else 0
-        f += 512 + 2 * _fc_bytes(H, K) + (0 if sh["prenorm"] else 10 * H) + LAYER_DESC_BYTES
-        m_macs = 7 * M + K + 2 * H * K + H + (0 if sh["prenorm"] else H)
-        c_loads = M if coeff_bits == 16 else (M + 1) // 2
-        m_loads = M * (2 + 1 + (1 if L["has_k"] else 0)) + c_loads + 7 * K + 2 * H * (2 * ((K + 3) // 4) + 3) \
-            + 2 * K + H * (4 + (4 if not sh["prenorm"] else 0))
-        ram_l = 4 * M * (2 if coeff_bits == 8 else 1)
+        max_kp = max(max_kp, Kp)
+        mode_bytes = 8 + (4 if L["has_k"] else 0)                       # s4op_mode_t / s4op_mode_k_t
+        code_bytes = 4 if coeff_bits == 16 else 2                       # Q15 A word / polar (rho, phi)
+        f = K * (16 + RQ) + max(M, 1) * (mode_bytes + code_bytes) + (12 * K if coeff_bits == 8 else 0)
+        f += 256 + 2 * H * 2 * Kp + H * (8 + 2 * RQ + (8 + RQ if post else 0)) + 256 + 2 * 1024
+        m_macs = 7 * M + K + 2 * H * K + H + (H if post else 0)
+        m_loads = M * (2 + 1 + (1 if L["has_k"] else 0)) + 7 * K + 2 * H * (Kp // 2 + 3) + 2 * K + H * (6 + (4 if post else 0))
+        ram_l = 8 * max(M, 1)
+        ram_modes += ram_l
         layers.append({"layer": i, "operators_active": L["n_active"], "operators_bypassed": K - L["n_active"],
                        "operators_removed": L["n_removed"], "modes": M, "flash_bytes": f, "ram_bytes": ram_l,
                        "macs": m_macs, "loads": m_loads})
         flash += f
         macs += m_macs
         loads += m_loads
-    ram = 4 * H + 4 + 4 * (total_modes + 1) + (4 * (total_modes + 1) + 4 if coeff_bits == 8 else 0) \
-        + H + (max_kept + 4) + 2 * H
+    ram = 4 * H + 4 + ram_modes + H + 2 * max_kp + 4 + 2 * H
     code = CODE_BYTES[coeff_bits]
     return {"flash_bytes": flash + code, "const_bytes": flash, "code_bytes": code, "code_bytes_estimated": True,
             "ram_bytes": ram, "macs_per_step": macs, "loads_per_step": loads, "coeff_bits": coeff_bits,

@@ -15,8 +15,10 @@ What happens here (all exact algebra, checked against `SequenceClassifier.forwar
   `post_shift`) on r = h + z.
 
 LayerNorm, token embeddings and causal_half pooling are refused (UserError): BatchNorm is the MCU default.
-`run_float` streams a FloatGraph over (n, L, C) inputs, vectorized over sequences, and records
-the ranges calibration needs (per tensor min/max, per mode max |state|).
+`run_float` runs a FloatGraph over (n, L, C) inputs layer by layer over whole sequences (the
+recurrence's readout as an FFT convolution, the state magnitudes by a cache-blocked scan) and records
+the ranges calibration needs (per tensor min/max, per mode max |state|); equal to streaming the
+graph one step at a time to float64 round-off.
 """
 
 from dataclasses import dataclass, field
@@ -212,39 +214,119 @@ class Ranges:
         return self.lo[name], self.hi[name]
 
 
+ROWS_PER_BATCH = 2**17    # sequences x steps that run_float holds at once (~130 MB per (rows, 128) float64)
+
+
 def run_float(g, x, ranges=None, all_steps=False):
     """Stream the FloatGraph over x (n, L, C) in float64: logits at the last step (n, classes), or
-    at every step (n, L, classes). `ranges` (a Ranges) records calibration statistics."""
+    at every step (n, L, classes). `ranges` (a Ranges) records calibration statistics.
+
+    Layer by layer over whole sequences (the only dependence on time is each mode's linear
+    recurrence): the readout sum_m Re(C2 x_m) is a causal convolution of u with the channel's
+    impulse response (FFT, `ssm_readout`), the per-mode max |state| a scan over time vectorized
+    over sequences and modes (`state_absmax`). Equal to the step-by-step recurrence to float64
+    round-off (tests/test_export_speed.py)."""
     x = np.asarray(x, dtype=np.float64)
     n, L, _ = x.shape
-    states = [np.zeros((n, len(fl.dA)), dtype=np.complex128) for fl in g.layers]
-    pooled = np.zeros((n, g.d_model))
-    out = []
+    rows = max(1, ROWS_PER_BATCH // max(L, 1))                 # bounds the memory of the whole-sequence arrays
+    if n > rows:
+        return np.concatenate([run_float(g, x[i : i + rows], ranges, all_steps) for i in range(0, n, rows)])
     see = ranges.see if ranges is not None else (lambda *a: None)
-    for t in range(L):
-        see("x", x[:, t])
-        h = x[:, t] @ g.W_enc.T + g.b_enc
-        see("h0", h)
-        for i, fl in enumerate(g.layers):
-            u = fl.alpha * h[:, fl.channels] + fl.beta
-            per_mode_u = np.repeat(u, np.diff(fl.mode_start), axis=1)
-            states[i] = fl.dA * states[i] + fl.dB * per_mode_u
-            if ranges is not None:
-                ranges.see_state(i, states[i])
-            y = fl.D * u + (fl.C2 * states[i]).real @ segment_matrix(fl.mode_start)
-            see(f"y{i}", y)
-            v = gelu(y) @ fl.W_out.T + fl.b_out
-            a, b = v[:, : g.d_model], v[:, g.d_model :]
-            see(f"a{i}", a), see(f"b{i}", b)
-            z = a * sigmoid(b)
-            see(f"z{i}", z)
-            r = h + z
-            see(f"r{i}", r)
-            h = r if g.prenorm else fl.post_scale * r + fl.post_shift
-            see(f"h{i + 1}", h)
-        pooled += h
-        logits = (pooled / (t + 1)) @ g.W_dec.T + g.b_dec
-        see("logits", logits)
-        if all_steps:
-            out.append(logits)
-    return np.stack(out, axis=1) if all_steps else logits
+    see("x", x)
+    h = _dense(x, g.W_enc, g.b_enc)
+    see("h0", h)
+    for i, fl in enumerate(g.layers):
+        u = fl.alpha * h[:, :, fl.channels] + fl.beta
+        if ranges is not None:
+            ranges.see_state(i, state_absmax(fl.dA, fl.dB, fl.mode_start, u)[None])
+        y = fl.D * u + ssm_readout(fl.dA, fl.dB, fl.C2, fl.mode_start, u)
+        see(f"y{i}", y)
+        v = _dense(gelu(y), fl.W_out, fl.b_out)
+        a, b = v[..., : g.d_model], v[..., g.d_model :]
+        see(f"a{i}", a), see(f"b{i}", b)
+        z = a * sigmoid(b)
+        see(f"z{i}", z)
+        r = h + z
+        see(f"r{i}", r)
+        h = r if g.prenorm else fl.post_scale * r + fl.post_shift
+        see(f"h{i + 1}", h)
+    # the running mean of h: cumsum adds in the same order as a running sum
+    pooled = np.cumsum(h, axis=1) / np.arange(1, L + 1, dtype=np.float64)[:, None]
+    logits = _dense(pooled, g.W_dec, g.b_dec)                  # (n, L, classes): the scores after every step
+    see("logits", logits)
+    return logits if all_steps else logits[:, -1]
+
+
+def _dense(x, W, b):
+    """x (..., K) @ W.T + b as one 2-D matrix product (numpy's stacked matmul is far slower)."""
+    return (x.reshape(-1, x.shape[-1]) @ W.T + b).reshape(*x.shape[:-1], len(W))
+
+
+def _mode_channels(mode_start):
+    return np.repeat(np.arange(len(mode_start) - 1), np.diff(mode_start))
+
+
+def impulse_response(dA, dB, C2, mode_start, L):
+    """(L, K): k_c[j] = sum over channel c's modes of Re(C2 dB dA^j), j = 0..L-1 (the response of
+    x_t = dA x_{t-1} + dB u_t, y_t = sum Re(C2 x_t) to a unit impulse)."""
+    K, M = len(mode_start) - 1, len(dA)
+    if M == 0:
+        return np.zeros((L, K))
+    p = np.empty((L, M), dtype=np.complex128)
+    p[0] = C2 * dB
+    p[1:] = dA
+    np.cumprod(p, axis=0, out=p)
+    w = p.real
+    k = np.zeros((L, K))
+    nonempty = np.flatnonzero(np.diff(mode_start) > 0)
+    k[:, nonempty] = np.add.reduceat(w, mode_start[nonempty], axis=1)
+    return k
+
+
+def ssm_readout(dA, dB, C2, mode_start, u):
+    """sum_m Re(C2_m x_m) per channel for u (n, L, K), x the zero-started recurrence
+    x_t = dA x_{t-1} + dB u_t: a causal convolution with `impulse_response`, by FFT in float64
+    (over a contiguous time axis: pocketfft is several times slower on a strided one)."""
+    from scipy import fft
+
+    n, L, K = u.shape
+    if len(dA) == 0:
+        return np.zeros(u.shape)
+    k = impulse_response(dA, dB, C2, mode_start, L)
+    F = fft.next_fast_len(2 * L - 1, real=True)
+    spec = fft.rfft(np.ascontiguousarray(u.transpose(0, 2, 1)), n=F, axis=2)
+    spec *= fft.rfft(np.ascontiguousarray(k.T), n=F, axis=1)
+    return fft.irfft(spec, n=F, axis=2)[:, :, :L].transpose(0, 2, 1)
+
+
+def state_absmax(dA, dB, mode_start, u, block=32):
+    """max over sequences and steps of |x_m| per mode (M,) for u (n, L, K), x_t = dA x_{t-1} + dB u_t
+    from x = 0. Scanned as x' = x / dB (x'_t = dA x'_{t-1} + u_t: no input multiply) over blocks of
+    `block` sequences (the block's state stays in cache); |x| = |dB| |x'|."""
+    n, L, K = u.shape
+    M = len(dA)
+    if M == 0 or n == 0:
+        return np.zeros(M)
+    counts = np.diff(mode_start)
+    uniform = bool((counts == counts[0]).all()) and counts[0] > 0
+    mode_ch = _mode_channels(mode_start)
+    uT = np.ascontiguousarray(u.transpose(1, 0, 2))            # (L, n, K): one step is contiguous
+    best = np.zeros(M)
+    for b0 in range(0, n, block):
+        nb = min(n, b0 + block) - b0
+        xs = np.zeros((nb, M), dtype=np.complex128)
+        sq = np.empty((nb, 2 * M))
+        a2 = np.empty((nb, M))
+        run = np.zeros((nb, M))
+        xre = xs.real.reshape(nb, K, counts[0]) if uniform else xs.real
+        for t in range(L):
+            xs *= dA
+            if uniform:
+                xre += uT[t, b0 : b0 + nb, :, None]
+            else:
+                xre += uT[t, b0 : b0 + nb][:, mode_ch]
+            np.square(xs.view(np.float64), out=sq)
+            np.add(sq[:, 0::2], sq[:, 1::2], out=a2)
+            np.maximum(run, a2, out=run)
+        np.maximum(best, run.max(axis=0), out=best)
+    return np.sqrt(best) * np.abs(dB)

@@ -51,31 +51,33 @@ def sat32(x):
     return np.clip(x, INT32_MIN, INT32_MAX)
 
 
-def _trunc_div_pow2(x, n):
-    """C-style division toward zero of int64 x by 2^n."""
-    q = np.abs(x) >> n
-    return np.where(x < 0, -q, q)
-
-
 def srdhm(a, b):
-    """SaturatingRoundingDoublingHighMul(int32 a, int32 b) elementwise."""
+    """SaturatingRoundingDoublingHighMul(int32 a, int32 b) elementwise.
+
+    gemmlowp: (a*b + nudge) / 2^31 truncated toward zero, nudge = 2^30 if a*b >= 0 else 1 - 2^30,
+    saturated for a == b == INT32_MIN. Both nudges make that exactly floor((a*b + 2^30) / 2^31)
+    (for a*b < 0, truncating (a*b + 1 - 2^30) toward zero is flooring it plus 2^31 - 1), i.e. an
+    arithmetic shift; the one result above INT32_MAX is the saturating case."""
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
-    overflow = (a == b) & (a == INT32_MIN)
     ab = a * b
-    nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
-    res = _trunc_div_pow2(ab + nudge, 31)
-    return np.where(overflow, INT32_MAX, res)
+    ab += 1 << 30
+    ab >>= 31
+    return np.minimum(ab, INT32_MAX, out=ab) if ab.ndim else np.int64(min(int(ab), INT32_MAX))
 
 
 def rdbpot(x, exponent):
-    """RoundingDivideByPOT(int32 x, exponent >= 0): x / 2^exponent rounded half away from zero."""
+    """RoundingDivideByPOT(int32 x, exponent >= 0): x / 2^exponent rounded half away from zero.
+
+    gemmlowp's (x >> e) + (remainder > threshold) with threshold = 2^(e-1) - 1 + (x < 0) is
+    floor((x + 2^(e-1) - [x < 0 and e > 0]) / 2^e)."""
     x = np.asarray(x, dtype=np.int64)
     exponent = np.asarray(exponent, dtype=np.int64)
-    mask = (np.int64(1) << exponent) - 1
-    remainder = x & mask
-    threshold = (mask >> 1) + (x < 0)
-    return (x >> exponent) + (remainder > threshold)
+    nudge = (np.int64(1) << exponent) >> 1                       # 2^(e-1), 0 for e = 0
+    v = x + nudge
+    v -= (x < 0) & (exponent > 0)
+    v >>= exponent
+    return v
 
 
 def shl_sat(x, n):
@@ -89,7 +91,8 @@ def mbqm(x, multiplier, shift):
     shift = np.asarray(shift, dtype=np.int64)
     left = np.maximum(shift, 0)
     right = np.maximum(-shift, 0)
-    return rdbpot(srdhm(shl_sat(x, left), multiplier), right)
+    x = shl_sat(x, left) if left.any() else sat32(np.asarray(x, dtype=np.int64))
+    return rdbpot(srdhm(x, multiplier), right)
 
 
 def sat(x, lo, hi):

@@ -34,7 +34,7 @@ def ste_round(v):
 
 def fq(v, t):
     """Fake-quantize to an int8 (scale, zero point) grid."""
-    s, z = t["scale"], t["zero_point"]
+    s, z = t.scale, t.zero_point
     q = torch.clamp(ste_round(v / s) + z, -128, 127)
     return (q - z) * s
 
@@ -91,18 +91,18 @@ class QATForward:
         self.T = self.q.tensors
         self.layer_consts = []
         for i, layer in enumerate(model.layers):
-            s = self.q.layers[i]["ssm"]
+            s = self.q.layers[i].ssm
             Ha, M = len(layer.active), layer.kernel.C.shape[1]
             keep = (layer.kernel.mode_mask > 0) if hasattr(layer.kernel, "mode_mask") and model.config["ssm"] == "s4d" \
                 else torch.ones(Ha, M, dtype=torch.bool)
             sh, step = torch.zeros(Ha, M), torch.ones(Ha, M)
-            chan_pos = {int(c): j for j, c in enumerate(s["channels"])}
+            chan_pos = {int(c): j for j, c in enumerate(s.channels)}
             for j, c in enumerate(layer.active.tolist()):
                 k = chan_pos[c]
-                a, b = s["mode_start"][k], s["mode_start"][k + 1]
+                a, b = s.mode_start[k], s.mode_start[k + 1]
                 idx = torch.nonzero(keep[j]).flatten()
-                sh[j, idx] = torch.as_tensor(s["sh"][a:b], dtype=torch.float32)
-                g = np.abs(s["state_gain"][a:b])
+                sh[j, idx] = torch.as_tensor(s.sh[a:b], dtype=torch.float32)
+                g = np.abs(s.state_gain[a:b])
                 step[j, idx] = torch.as_tensor(np.where(g > 0, 1.0 / np.maximum(g, 1e-30), 1.0), dtype=torch.float32)
             self.layer_consts.append({"sh": sh, "step": step, "keep": keep})
 
@@ -119,7 +119,7 @@ class QATForward:
             s_bn, t_bn = bn_affine(model.norms[i])
             th = T[f"h{i}"]
             act = layer.active
-            alpha = (s_bn[act] if cfg["prenorm"] else torch.ones(len(act))) * th["scale"]
+            alpha = (s_bn[act] if cfg["prenorm"] else torch.ones(len(act))) * th.scale
             beta = t_bn[act] if cfg["prenorm"] else torch.zeros(len(act))
             k = self.layer_consts[i]
             # readout in the integer state basis: chat = 2 C dB alpha / 2^(sh-15), per channel codes
@@ -135,7 +135,7 @@ class QATForward:
             if len(removed):
                 W = W.clone()
                 W[:, removed] = 0
-            prep.append((dA_q, dB, chat_q * gain, alpha / th["scale"], beta, k, W, s_bn, t_bn))
+            prep.append((dA_q, dB, chat_q * gain, alpha / th.scale, beta, k, W, s_bn, t_bn))
         states = [torch.zeros(B, len(l.active), l.kernel.C.shape[1], dtype=torch.complex64) for l in model.layers]
         pooled, out = 0, None
         for t in range(L):
@@ -169,7 +169,7 @@ class QATForward:
             pooled = pooled + h
         ts = T["pool"]
         p = pooled / L
-        p = torch.clamp(ste_round(p / ts["scale"]), -32768, 32767) * ts["scale"]
+        p = torch.clamp(ste_round(p / ts.scale), -32768, 32767) * ts.scale
         Wd = fq_weight(model.decoder.weight)
         out = fq(F.linear(p, Wd, model.decoder.bias), T["logits"])
         return out

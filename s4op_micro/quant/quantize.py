@@ -25,7 +25,6 @@ K = round(2^sh * beta/alpha') the folded pre-norm BatchNorm offset. A codes:
                  `decode8` (integer exp2 and sin/cos, fix-up to |A|^2 < 2^30); c int8 per channel.
 """
 
-from dataclasses import dataclass, field
 import math
 
 import numpy as np
@@ -34,6 +33,8 @@ from ..core.checks import coeff_bits as check_coeff_bits
 from ..core.errors import UserError
 from . import intmath as im
 from .discretize import Ranges, discretize, gelu, run_float, sigmoid
+from .qmodel import (ADD_LEFT_SHIFT, FullyConnected, GluMul, Layer, Meta, Polar8, PostNorm, QuantizedModel,  # noqa: F401
+                     Recurrence, Requant, ResidualAdd, TensorQ)
 
 STATE_TARGET = 2.0 ** 14          # calibrated max |state| lands in (T/2, T]: >= 2x headroom to int16
 IN_LIMIT = 2 ** 29                # |u << sh| + |K| <= 2^29 keeps the int32 update from overflowing
@@ -44,29 +45,6 @@ SIG_SCALE, SIG_ZP = 1.0 / 256.0, -128   # TFLM LOGISTIC int8 output
 # unseen data exceeds the calibration min/max (gunpoint's test inputs by 13%), and clipping an input
 # costs far more than a slightly coarser step.
 RANGE_MARGIN = {"x": 0.1, "l": 0.1}
-
-
-@dataclass
-class QuantizedModel:
-    """Everything the C needs: numpy integer arrays and (scale, zero point) pairs. `layers` is a list
-    of dicts; `tensors` maps a tensor name to {"scale", "zero_point"}; see docs/integer_contract.md."""
-
-    meta: dict
-    tensors: dict
-    enc: dict
-    layers: list
-    dec: dict
-    stats: dict = field(default_factory=dict)
-
-    def quantize_input(self, x):
-        """float (n, L, C) -> int8: floor(x/scale + 0.5) + zp, saturated (s4op_quantize_input in C)."""
-        t = self.tensors["x"]
-        q = np.floor(np.asarray(x, dtype=np.float64) * (1.0 / t["scale"]) + 0.5) + t["zero_point"]
-        return np.clip(q, -128, 127).astype(np.int8)
-
-    def dequantize_scores(self, s):
-        t = self.tensors["logits"]
-        return (np.asarray(s, dtype=np.float64) - t["zero_point"]) * t["scale"]
 
 
 # --- activations and weights ----------------------------------------------------------------------
@@ -103,7 +81,7 @@ def act_qparams(lo, hi):
         hi = lo + 1e-9
     scale = f32((hi - lo) / 255.0)
     zp = int(np.clip(im.round_half_away(-128 - lo / scale), -128, 127))
-    return {"scale": scale, "zero_point": zp}
+    return TensorQ(scale, zp)
 
 
 def quantize_fc(W, b, s_in, z_in, out):
@@ -115,11 +93,10 @@ def quantize_fc(W, b, s_in, z_in, out):
     bias = im.round_half_away(b / (s_in * s_w))
     if np.abs(bias).max(initial=0) > im.INT32_MAX:
         raise UserError("a bias does not fit int32 at input*weight scale; the model's weights are degenerate")
-    M, S = im.quantize_multiplier(s_in * s_w / out["scale"])
-    return {"w": w, "bias": bias.astype(np.int64), "mult": M, "shift": S, "w_scale": s_w,
-            "in_zp": int(z_in), "out_zp": out["zero_point"],
-            # CMSIS-NN's offset fold: sum w*(x - z_in) + bias == bias_eff + sum w*x (exact)
-            "bias_eff": bias.astype(np.int64) - int(z_in) * w.sum(axis=1)}
+    M, S = im.quantize_multiplier(s_in * s_w / out.scale)
+    # CMSIS-NN's offset fold: sum w*(x - z_in) + bias == bias_eff + sum w*x (exact)
+    return FullyConnected(w=w, bias=bias.astype(np.int64), bias_eff=bias.astype(np.int64) - int(z_in) * w.sum(axis=1),
+                          rq=Requant(M, S), w_scale=s_w, in_zp=int(z_in), out_zp=int(out.zero_point))
 
 
 def table(fn, s_in, z_in, s_out, z_out):
@@ -215,16 +192,16 @@ def quantize_model(model, calib_x, coeff_bits=8):
     for i in range(0, len(calib_x), 64):
         run_float(g, calib_x[i : i + 64], ranges)
     T = {name: act_qparams(*widen(ranges.range(name), RANGE_MARGIN.get(name[0], 0.0))) for name in ranges.lo}
-    T["sig"] = {"scale": SIG_SCALE, "zero_point": SIG_ZP}
+    T["sig"] = TensorQ(SIG_SCALE, SIG_ZP)
     H = g.d_model
     qmax = 127 if coeff_bits == 8 else 32767
 
-    enc = quantize_fc(g.W_enc, g.b_enc, T["x"]["scale"], T["x"]["zero_point"], T["h0"])
+    enc = quantize_fc(g.W_enc, g.b_enc, T["x"].scale, T["x"].zero_point, T["h0"])
     layers, stats = [], {"state_shift_clamped": 0, "decay_rel_err_max": 0.0, "angle_err_max": 0.0,
                          "modes": 0, "conversion_error": g.conversion_error}
     for i, fl in enumerate(g.layers):
         th, ty = T[f"h{i}"], T[f"y{i}"]
-        s_h, z_h = th["scale"], th["zero_point"]
+        s_h, z_h = th.scale, th.zero_point
         K = len(fl.channels)
         ms = fl.mode_start
         alpha = fl.alpha * s_h                      # float SSM input per unit of u = h - z_h
@@ -245,11 +222,11 @@ def quantize_model(model, calib_x, coeff_bits=8):
         # --- A codes
         if coeff_bits == 16:
             a_re, a_im = code16(fl.dA)
-            codes = {}
+            polar = None
         else:
             rho, phi, lg_lo, lg_step, dth = encode8(fl.dA, ms)
             a_re, a_im = decode8(rho, phi, per_mode(lg_lo, ms), per_mode(lg_step, ms), per_mode(dth, ms))
-            codes = {"rho": rho, "phi": phi, "lg_lo": lg_lo, "lg_step": lg_step, "dth": dth}
+            polar = Polar8(rho=rho, phi=phi, lg_lo=lg_lo, lg_step=lg_step, dth=dth)
         Aq = (a_re + 1j * a_im) / 32768.0
         if np.any(a_re * a_re + a_im * a_im >= 2 ** 30):
             raise UserError(f"layer {i}: a quantized recurrence coefficient has |A| >= 1 (unstable); please report this")
@@ -267,71 +244,69 @@ def quantize_model(model, calib_x, coeff_bits=8):
             cc = chat[ms[c] : ms[c + 1]]
             amax = max(np.abs(cc.real).max(initial=0), np.abs(cc.imag).max(initial=0))
             l1 = (np.abs(cc.real) + np.abs(cc.imag)).sum()
-            s = amax / qmax if amax > 0 else (abs(Dp[c]) / 2 ** 14 if Dp[c] != 0 else ty["scale"])
+            s = amax / qmax if amax > 0 else (abs(Dp[c]) / 2 ** 14 if Dp[c] != 0 else ty.scale)
             budget = ACC_LIMIT - 65536.0 * len(cc) - 256.0     # room for the rounding of every code
-            s = max(s, (32768.0 * l1 + 255.0 * abs(Dp[c]) + abs(Db[c])) / budget, ty["scale"] * 2.0 ** -30)
-            s_c[c] = s = tflm_expressible(s, ty["scale"])
+            s = max(s, (32768.0 * l1 + 255.0 * abs(Dp[c]) + abs(Db[c])) / budget, ty.scale * 2.0 ** -30)
+            s_c[c] = s = tflm_expressible(s, ty.scale)
             c_re[ms[c] : ms[c + 1]] = np.clip(im.round_half_away(cc.real / s), -qmax, qmax)
             c_im[ms[c] : ms[c + 1]] = np.clip(im.round_half_away(cc.imag / s), -qmax, qmax)
             d_q[c], b_q[c] = im.round_half_away(Dp[c] / s), im.round_half_away(Db[c] / s)
             bound = 32768 * int((np.abs(c_re[ms[c] : ms[c + 1]]) + np.abs(c_im[ms[c] : ms[c + 1]])).sum()) \
                 + 255 * abs(int(d_q[c])) + abs(int(b_q[c]))
             assert bound < 2 ** 31, "readout accumulator bound violated"
-        y_M, y_S = im.quantize_multiplier(s_c / ty["scale"])
-        ssm = {"channels": fl.channels, "active": fl.active.astype(np.int64), "mode_start": ms,
-               "a_re": a_re, "a_im": a_im, "sh": sh, "k": kconst, "c_re": c_re, "c_im": c_im,
-               "d": d_q, "bias": b_q, "mult": y_M, "shift": y_S, "c_scale": s_c, "state_gain": gain,
-               "in_zp": z_h, "out_zp": ty["zero_point"], "has_k": bool(np.any(kconst != 0)), **codes}
+        y_M, y_S = im.quantize_multiplier(s_c / ty.scale)
+        ssm = Recurrence(channels=np.asarray(fl.channels, np.int64), active=fl.active.astype(np.int64),
+                         mode_start=np.asarray(ms, np.int64), a_re=a_re, a_im=a_im, sh=sh, k=kconst, c_re=c_re,
+                         c_im=c_im, d=d_q, bias=b_q, out=Requant(y_M, y_S), c_scale=s_c, state_gain=gain,
+                         in_zp=int(z_h), out_zp=int(ty.zero_point), polar=polar)
         # --- GELU table, mixer, GLU, residual add, post-norm
-        gel, gv = table(gelu, ty["scale"], ty["zero_point"], 1.0, 0)
+        gel, gv = table(gelu, ty.scale, ty.zero_point, 1.0, 0)
         tg = act_qparams(gv.min(), gv.max())
         T[f"g{i}"] = tg
-        gelu_t, _ = table(gelu, ty["scale"], ty["zero_point"], tg["scale"], tg["zero_point"])
-        fc_a = quantize_fc(fl.W_out[:H], fl.b_out[:H], tg["scale"], tg["zero_point"], T[f"a{i}"])
-        fc_b = quantize_fc(fl.W_out[H:], fl.b_out[H:], tg["scale"], tg["zero_point"], T[f"b{i}"])
+        gelu_t, _ = table(gelu, ty.scale, ty.zero_point, tg.scale, tg.zero_point)
+        fc_a = quantize_fc(fl.W_out[:H], fl.b_out[:H], tg.scale, tg.zero_point, T[f"a{i}"])
+        fc_b = quantize_fc(fl.W_out[H:], fl.b_out[H:], tg.scale, tg.zero_point, T[f"b{i}"])
         tb = T[f"b{i}"]
-        sig_t, _ = table(sigmoid, tb["scale"], tb["zero_point"], SIG_SCALE, SIG_ZP)
+        sig_t, _ = table(sigmoid, tb.scale, tb.zero_point, SIG_SCALE, SIG_ZP)
         ta, tz, tr = T[f"a{i}"], T[f"z{i}"], T[f"r{i}"]
-        mul_M, mul_S = im.quantize_multiplier(ta["scale"] * SIG_SCALE / tz["scale"])
-        mul = {"in1_zp": ta["zero_point"], "in2_zp": SIG_ZP, "mult": int(mul_M), "shift": int(mul_S),
-               "out_zp": tz["zero_point"]}
+        mul_M, mul_S = im.quantize_multiplier(ta.scale * SIG_SCALE / tz.scale)
+        mul = GluMul(in1_zp=int(ta.zero_point), in2_zp=SIG_ZP, rq=Requant(mul_M, mul_S), out_zp=int(tz.zero_point))
         add = add_params(th, tz, tr)
-        layer = {"ssm": ssm, "gelu": gelu_t, "fc_a": fc_a, "fc_b": fc_b, "sigmoid": sig_t, "mul": mul, "add": add}
+        layer = Layer(ssm=ssm, gelu=gelu_t, fc_a=fc_a, fc_b=fc_b, sigmoid=sig_t, mul=mul, add=add)
         if not g.prenorm:
-            layer["post"] = post_params(fl.post_scale, fl.post_shift, tr, T[f"h{i + 1}"])
+            layer.post = post_params(fl.post_scale, fl.post_shift, tr, T[f"h{i + 1}"])
         else:
             T[f"h{i + 1}"] = tr                     # pre-norm: the next h is r itself
         layers.append(layer)
     tl = T[f"h{len(g.layers)}"]
     # pooling: the running mean as int16 at scale s_h/128, zero point 0 (a TFLM MEAN to int16), then a
     # 16x8 FULLY_CONNECTED decoder: the mean keeps 7 more bits than an int8 MEAN would.
-    T["pool"] = {"scale": tl["scale"] / POOL_FRAC, "zero_point": 0}
-    dec = quantize_fc(g.W_dec, g.b_dec, T["pool"]["scale"], 0, T["logits"])
-    meta = {"d_input": g.d_input, "n_classes": g.n_classes, "d_model": H, "n_layers": len(g.layers),
-            "prenorm": g.prenorm, "coeff_bits": coeff_bits, "ssm": g.ssm, "conversion_error": g.conversion_error,
-            "removed": [list(map(int, r)) for r in g.removed], "calib_sequences": int(len(calib_x))}
+    T["pool"] = TensorQ(tl.scale / POOL_FRAC, 0)
+    dec = quantize_fc(g.W_dec, g.b_dec, T["pool"].scale, 0, T["logits"])
+    meta = Meta(d_input=g.d_input, n_classes=g.n_classes, d_model=H, n_layers=len(g.layers), prenorm=bool(g.prenorm),
+                coeff_bits=coeff_bits, ssm=g.ssm, conversion_error=float(g.conversion_error),
+                removed=[list(map(int, r)) for r in g.removed], calib_sequences=int(len(calib_x)))
     return QuantizedModel(meta=meta, tensors=T, enc=enc, layers=layers, dec=dec, stats=stats)
 
 
 def add_params(t1, t2, to):
-    """TFLM int8 ADD (left_shift 20, twice_max_input_scale)."""
-    twice_max = 2.0 * max(t1["scale"], t2["scale"])
-    m1, s1 = im.quantize_multiplier(t1["scale"] / twice_max)
-    m2, s2 = im.quantize_multiplier(t2["scale"] / twice_max)
-    mo, so = im.quantize_multiplier(twice_max / ((1 << 20) * to["scale"]))
-    return {"left_shift": 20, "in1_zp": t1["zero_point"], "in2_zp": t2["zero_point"], "out_zp": to["zero_point"],
-            "in1_mult": int(m1), "in1_shift": int(s1), "in2_mult": int(m2), "in2_shift": int(s2),
-            "out_mult": int(mo), "out_shift": int(so)}
+    """TFLM int8 ADD (left shift ADD_LEFT_SHIFT, twice_max_input_scale)."""
+    twice_max = 2.0 * max(t1.scale, t2.scale)
+    m1, s1 = im.quantize_multiplier(t1.scale / twice_max)
+    m2, s2 = im.quantize_multiplier(t2.scale / twice_max)
+    mo, so = im.quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * to.scale))
+    return ResidualAdd(left_shift=ADD_LEFT_SHIFT, in1_zp=int(t1.zero_point), in2_zp=int(t2.zero_point),
+                       out_zp=int(to.zero_point), in1=Requant(m1, s1), in2=Requant(m2, s2), out=Requant(mo, so))
 
 
 def post_params(scale, shift, t_in, t_out):
     """Post-norm BatchNorm h = scale*r + shift as TFLM's 1x1 DEPTHWISE_CONV_2D with per-channel int8
     weights (+-127: the magnitude lives in the multiplier) and int32 bias."""
-    s_in = t_in["scale"]
+    s_in = t_in.scale
     s_w = np.maximum(np.abs(scale) / 127.0, np.abs(shift) / (s_in * 2.0 ** 30))
     s_w = f32(np.where(s_w > 0, s_w, 1.0))
     w = np.clip(im.round_half_away(scale / s_w), -127, 127).astype(np.int64)
     bias = im.round_half_away(shift / (s_in * s_w)).astype(np.int64)
-    M, S = im.quantize_multiplier(s_in * s_w / t_out["scale"])
-    return {"w": w, "bias": bias, "mult": M, "shift": S, "w_scale": s_w, "in_zp": t_in["zero_point"],
-            "out_zp": t_out["zero_point"]}
+    M, S = im.quantize_multiplier(s_in * s_w / t_out.scale)
+    return PostNorm(w=w, bias=bias, rq=Requant(M, S), w_scale=s_w, in_zp=int(t_in.zero_point),
+                    out_zp=int(t_out.zero_point))

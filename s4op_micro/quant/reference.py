@@ -1,5 +1,7 @@
-"""The integer reference: exactly the arithmetic of the generated C, in numpy int64, vectorized over
-sequences. It is the executable specification: host C and QEMU C must match it bit for bit.
+"""The integer reference: exactly the arithmetic of the generated C, in numpy (int64, or int32/float
+BLAS wherever a bound proves every partial sum exact), layer by layer over whole sequences with
+only the state recurrence stepped in time (`ssm_scan`). It is the executable specification: host C
+and QEMU C must match it bit for bit.
 
 One timestep (all values int32 unless said; sat8/sat16 saturate; MBQM = TFLM's
 MultiplyByQuantizedMultiplier; see docs/integer_contract.md):
@@ -28,10 +30,10 @@ from .quantize import POOL_FRAC
 
 
 def fc(p, x):
-    """int8 FULLY_CONNECTED: x (n, K) int -> (n, O) int8 values."""
-    acc = p["bias_eff"] + x @ p["w"].T
+    """int8 FULLY_CONNECTED: x (..., K) int -> (..., O) int8 values."""
+    acc = p.bias_eff + int_matmul(x, p.w)
     assert np.abs(acc).max(initial=0) < 2**31, "FC accumulator overflow"
-    return im.mbqm(acc, p["mult"], p["shift"]) + p["out_zp"]
+    return p.rq(acc) + p.out_zp
 
 
 class IntegerReference:
@@ -41,13 +43,13 @@ class IntegerReference:
         self.sat_act = 0
         self._prep = []
         for layer in qmodel.layers:
-            s = layer["ssm"]
-            ms = np.asarray(s["mode_start"])
+            s = layer.ssm
+            ms = np.asarray(s.mode_start)
             self._prep.append({"mode_ch": np.repeat(np.arange(len(ms) - 1), np.diff(ms)),
-                               "pow": np.int64(1) << s["sh"].astype(np.int64)})
+                               "pow": np.int64(1) << s.sh.astype(np.int64)})
 
     def _sat8(self, v):
-        self.sat_act += int(((v < -128) | (v > 127)).sum())
+        self.sat_act += int(np.count_nonzero((v < -128) | (v > 127)))
         return np.clip(v, -128, 127)
 
     def quantize_input(self, x_float):
@@ -55,7 +57,12 @@ class IntegerReference:
 
     def run_steps(self, x, every_step=True):
         """x int8 (n, L, C) (or (n, L) for C = 1) -> scores int8 (n, L, classes), or (n, classes)
-        at the last step when every_step is False."""
+        at the last step when every_step is False.
+
+        Computed layer by layer over whole sequences: only the int16 state recurrence runs step by
+        step (`ssm_scan`, whole-array over sequences and modes); everything else in a step is
+        elementwise or a matrix product per step, so it runs on all (sequence, step) rows at once.
+        The same integers as streaming one step at a time through every layer (the C's order)."""
         q = self.q
         x = np.asarray(x)
         if x.ndim == 2:
@@ -66,45 +73,36 @@ class IntegerReference:
         n, L, _ = x.shape
         if L < 1:
             raise ValueError("sequences need at least one step")
-        states = [(np.zeros((n, len(l["ssm"]["a_re"])), np.int64), np.zeros((n, len(l["ssm"]["a_re"])), np.int64))
-                  for l in q.layers]
-        z_last = q.tensors[f"h{len(q.layers)}"]["zero_point"]
-        pool = np.zeros((n, q.meta["d_model"]), np.int64)
-        out = []
-        for t in range(L):
-            h = self._sat8(fc(q.enc, x[:, t]))
-            for i, layer in enumerate(q.layers):
-                h = self._layer(i, layer, h, states)
-            pool += h - z_last
-            if every_step or t == L - 1:
-                p = im.rdiv(pool * POOL_FRAC, t + 1)    # int16 mean, zero point 0
-                out.append(self._sat8(fc(q.dec, p)).astype(np.int8))
-        return np.stack(out, axis=1) if every_step else out[-1]
+        z_last = q.tensors[f"h{len(q.layers)}"].zero_point
+        h = self._sat8(fc(q.enc, x))                               # (n, L, H)
+        for i, layer in enumerate(q.layers):
+            h = self._layer(i, layer, h)
+        pool = np.cumsum(h - z_last, axis=1)                       # int32 running sum after every step
+        if not every_step:
+            pool = pool[:, -1:]
+        t1 = np.arange(L - pool.shape[1] + 1, L + 1, dtype=np.int64)[:, None]   # steps so far
+        p = im.rdiv(pool * POOL_FRAC, t1)                          # int16 mean, zero point 0
+        out = self._sat8(fc(q.dec, p)).astype(np.int8)
+        return out if every_step else out[:, 0]
 
-    def _layer(self, i, layer, h, states):
-        s, prep = layer["ssm"], self._prep[i]
-        xr, xi = states[i]
-        u = h[:, s["channels"]] - s["in_zp"]
-        um = u[:, prep["mode_ch"]]
-        xr, xi, nsat = state_update(s["a_re"], s["a_im"], xr, xi, um * prep["pow"] + s["k"])
+    def _layer(self, i, layer, h):
+        s, prep = layer.ssm, self._prep[i]
+        u = h[..., s.channels] - s.in_zp
+        readout, nsat = ssm_scan(s.a_re, s.a_im, prep["pow"], s.k, prep["mode_ch"], s.mode_start, s.c_re, s.c_im, u)
         self.sat_state += nsat
-        states[i] = (xr, xi)
-        contrib = s["c_re"] * xr - s["c_im"] * xi
-        cs = np.concatenate([np.zeros((len(h), 1), np.int64), np.cumsum(contrib, axis=1)], axis=1)
-        ms = s["mode_start"]
-        acc = s["bias"] + s["d"] * u + cs[:, ms[1:]] - cs[:, ms[:-1]]
+        acc = s.bias + s.d * u + readout
         assert np.abs(acc).max(initial=0) < 2**31, "readout overflow"
-        y = self._sat8(im.mbqm(acc, s["mult"], s["shift"]) + s["out_zp"])
-        g = layer["gelu"][y + 128]
-        a = self._sat8(fc(layer["fc_a"], g))
-        b = self._sat8(fc(layer["fc_b"], g))
-        sg = layer["sigmoid"][b + 128]
-        m = layer["mul"]
-        z = self._sat8(im.mbqm((a - m["in1_zp"]) * (sg - m["in2_zp"]), m["mult"], m["shift"]) + m["out_zp"])
-        r = self._sat8(add(layer["add"], h, z))
-        if "post" in layer:
-            p = layer["post"]
-            r = self._sat8(im.mbqm(p["w"] * (r - p["in_zp"]) + p["bias"], p["mult"], p["shift"]) + p["out_zp"])
+        y = self._sat8(s.out(acc) + s.out_zp)
+        g = layer.gelu[y + 128]
+        a = self._sat8(fc(layer.fc_a, g))
+        b = self._sat8(fc(layer.fc_b, g))
+        sg = layer.sigmoid[b + 128]
+        m = layer.mul
+        z = self._sat8(m.rq((a - m.in1_zp) * (sg - m.in2_zp)) + m.out_zp)
+        r = self._sat8(add(layer.add, h, z))
+        if layer.post is not None:
+            p = layer.post
+            r = self._sat8(p.rq(p.w * (r - p.in_zp) + p.bias) + p.out_zp)
         return r
 
     def run(self, x):
@@ -114,6 +112,106 @@ class IntegerReference:
     def predict(self, x):
         """Argmax of the last-step scores (ties -> lowest index, as np.argmax and the C)."""
         return self.run(x).argmax(axis=-1)
+
+
+# --- whole-sequence kernels (the same integers as the per-step formulas) -----------------------------
+
+EXACT_F32, EXACT_F64 = 2**24, 2**53
+
+
+def int_matmul(x, w):
+    """x (..., K) @ w.T for integer arrays, exact: as a BLAS product in float32 (float64) when every
+    partial sum is an integer below 2^24 (2^53), so that any summation order is exact; else in int64."""
+    K = x.shape[-1]
+    bound = K * max(-int(x.min(initial=0)), int(x.max(initial=0))) * int(np.abs(w).max(initial=0))
+    x2 = x.reshape(-1, K)
+    if bound < EXACT_F64:
+        ft = np.float32 if bound < EXACT_F32 else np.float64
+        out = (x2.astype(ft) @ w.T.astype(ft)).astype(np.int64)
+    else:
+        out = x2.astype(np.int64) @ w.T.astype(np.int64)
+    return out.reshape(*x.shape[:-1], len(w))
+
+
+def segment_sum(v, mode_start):
+    """v (rows, M) -> (rows, K): the sum over each channel's modes (0 for a channel without modes)."""
+    K = len(mode_start) - 1
+    counts = np.diff(mode_start)
+    if len(counts) and counts[0] > 0 and (counts == counts[0]).all():
+        return v.reshape(len(v), K, counts[0]).sum(axis=2)
+    out = np.zeros((len(v), K), dtype=v.dtype)
+    nonempty = np.flatnonzero(counts > 0)
+    if len(nonempty):
+        out[:, nonempty] = np.add.reduceat(v, np.asarray(mode_start)[nonempty], axis=1)
+    return out
+
+
+def ssm_scan(a_re, a_im, pow_, k, mode_ch, mode_start, c_re, c_im, u, block=32):
+    """The int16 state recurrence and its readout over whole sequences: u (n, L, K) centred input ->
+    (sum_m Re(c_m x~_m) per channel (n, L, K) int64, number of saturated state components).
+
+    Per step, exactly `state_update`: acc = A x~ + (u 2^sh + K) + 2^14, x~ = sat16(acc >> 15), on
+    whole (sequences, modes) arrays of `block` sequences at a time (small enough to stay in cache),
+    the real and imaginary parts stacked in one array. In int32 when the worst case over every
+    int16 state fits, for the update (|a_re| + |a_im|) 32768 + max|u 2^sh + K| + 2^14 < 2^31 and for
+    the readout 32768 sum_m (|c_re| + |c_im|) < 2^31 per channel (the export guarantees both: no
+    partial sum can overflow, in any order), else in int64 with `state_update`'s overflow check."""
+    n, L, K = u.shape
+    M = len(a_re)
+    readout = np.zeros((n, L, K), np.int64)
+    if M == 0 or n == 0:
+        return readout, 0
+    a_re, a_im = np.asarray(a_re, np.int64), np.asarray(a_im, np.int64)
+    c_re, c_im = np.asarray(c_re, np.int64), np.asarray(c_im, np.int64)
+    in_max = np.abs(u).max(axis=(0, 1))[mode_ch] * pow_ + np.abs(k) + (1 << 14)
+    c_l1 = segment_sum((np.abs(c_re) + np.abs(c_im))[None], mode_start)
+    safe32 = bool(((np.abs(a_re) + np.abs(a_im)) * 32768 + in_max).max() < 2**31 and c_l1.max() * 32768 < 2**31)
+    dt = np.int32 if safe32 else np.int64
+    ar, ai, pw = a_re.astype(dt), a_im.astype(dt), np.asarray(pow_).astype(dt)
+    c2 = np.stack([c_re, -c_im]).astype(dt)[:, None]           # (2, 1, M): Re(c x) = c_re x_re - c_im x_im
+    kq = (np.asarray(k, np.int64) + (1 << 14)).astype(dt)      # the constant input and the rounding
+    half = dt(1 << 14)
+    u = u.astype(dt)
+    counts = np.diff(mode_start)
+    mc = int(counts[0])
+    uniform = mc > 0 and bool((counts == mc).all())           # every channel has mc modes: reshape, no gather
+    if uniform:
+        pw3, c3 = pw.reshape(K, mc), c2[:, 0].reshape(2, K, mc)
+    nsat = 0
+    for b0 in range(0, n, block):
+        b1 = min(n, b0 + block)
+        nb = b1 - b0
+        x = np.zeros((2, nb, M), dt)                           # (re, im) of the int16 state
+        p, q, nxt = np.empty((2, nb, M), dt), np.empty((2, nb, M), dt), np.empty((2, nb, M), dt)
+        uin = np.empty((nb, M), dt)
+        if uniform:
+            x4, uin3 = x.reshape(2, nb, K, mc), uin.reshape(nb, K, mc)
+        for t in range(L):
+            np.multiply(ar, x, out=p)                          # (a_re x_re, a_re x_im)
+            np.multiply(ai, x, out=q)                          # (a_im x_re, a_im x_im)
+            np.subtract(p[0], q[1], out=nxt[0])
+            np.add(p[1], q[0], out=nxt[1])
+            if uniform:
+                np.multiply(u[b0:b1, t, :, None], pw3, out=uin3)
+            else:
+                np.take(u[b0:b1, t], mode_ch, axis=1, out=uin)
+                uin *= pw
+            nxt[0] += uin
+            nxt[0] += kq
+            nxt[1] += half
+            if not safe32:
+                assert np.abs(nxt).max(initial=0) < 2**31, "state update overflow"
+            nxt >>= 15
+            if nxt.min() < -32768 or nxt.max() > 32767:
+                nsat += int(np.count_nonzero((nxt < -32768) | (nxt > 32767)))
+            np.clip(nxt, -32768, 32767, out=x)
+            if uniform:                                        # readout: sum over re/im and the channel's modes
+                readout[b0:b1, t] = np.einsum("sbkm,skm->bk", x4, c3)
+            else:
+                np.multiply(c2, x, out=p)
+                np.add(p[0], p[1], out=uin)
+                readout[b0:b1, t] = segment_sum(uin, mode_start)
+    return readout, nsat
 
 
 def state_update(a_re, a_im, xr, xi, inp):
@@ -129,6 +227,6 @@ def state_update(a_re, a_im, xr, xi, inp):
 
 def add(p, a, b):
     """TFLM int8 ADD (reference_integer_ops::Add) without the final clamp."""
-    s1 = im.mbqm((a - p["in1_zp"]) << p["left_shift"], p["in1_mult"], p["in1_shift"])
-    s2 = im.mbqm((b - p["in2_zp"]) << p["left_shift"], p["in2_mult"], p["in2_shift"])
-    return im.mbqm(s1 + s2, p["out_mult"], p["out_shift"]) + p["out_zp"]
+    s1 = p.in1((a - p.in1_zp) << p.left_shift)
+    s2 = p.in2((b - p.in2_zp) << p.left_shift)
+    return p.out(s1 + s2) + p.out_zp
