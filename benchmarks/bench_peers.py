@@ -38,9 +38,10 @@ MiniRocket (sktime MiniRocket / MiniRocketMultivariate, 10,000 kernels -> 9,996 
   naively: 9 * L * (channels of the kernel) per kernel and dilation, plus features * outputs for the
   ridge; its own implementation shares sums and needs about a third of the convolution's operations.
   Its "flash" is its float32 parameters (biases, scaler, ridge); it is not deployed here.
-Ours: one run of the main job (`s4op-micro pipeline --dataset D --seed S`, default board cortex-m7)
-  per dataset and seed, see deployed_figures(): the trained model (`ours-base`) and the pruned one the
-  job keeps (`ours-pruned`). Accuracy = firmware in QEMU on the whole test set; flash/RAM = the model's
+Ours: one run of `s4op-micro fit --dataset D --seed S --board cortex-m7 --max-macs-per-step 2*CNN/L
+  --max-flash 2*CNN.tflite` per dataset and seed, see deployed_figures(): the shape (width, state
+  size, depth) chosen by 3-fold cross-validation on the training set within twice the CNN's MACs per
+  sequence and twice its .tflite bytes, trained on all training data (`ours-fit`). Accuracy = firmware in QEMU on the whole test set; flash/RAM = the model's
   code + weights and its static state (arm-none-eabi-gcc -Os); MACs per step from the export report;
   instructions per step = QEMU's count. The model is causal with a running-mean pool: one step is one
   streaming decision, and a sequence costs L steps.
@@ -68,7 +69,8 @@ from benchmarks.common import RESULTS, write_results  # noqa: E402
 
 SHIPPED = ("gunpoint", "arrowhead", "basicmotions", "digits")
 QUICK_DATASETS = ("gunpoint", "basicmotions")
-KINDS = ("cnn", "fcn", "minirocket", "ours-base", "ours-pruned")
+KINDS = ("cnn", "fcn", "minirocket", "ours-fit")
+FIT_WORKERS = 2
 EPOCHS = {"cnn": 1000, "fcn": 1000}
 QUICK_EPOCHS = {"cnn": 200, "fcn": 100}
 MAX_UPDATES = {"cnn": 40_000, "fcn": 10_000}   # the time cap, in gradient updates
@@ -326,37 +328,34 @@ def minirocket_peer(data, seed):
 
 # --- ours ----------------------------------------------------------------------------------------
 
-def deployed_figures(dataset, seed, workdir, quick=False):
-    """Our deployed models' figures from one run of the project's main job, {"ours-base": {...},
-    "ours-pruned": {...}}. The one place that calls the job (today `s4op-micro pipeline` in-process;
-    resumable: a finished run in workdir is read back, not redone)."""
-    from s4op_micro.pipeline import PipelineOptions, pipeline
+def deployed_figures(dataset, seed, workdir, quick=False, budget=None):
+    """Our deployed model's figures, {"ours-fit": {...}}: `s4op-micro fit` (in-process) chooses the shape for
+    the data within `budget` ({"max_macs_per_step", "max_flash"}: twice the CNN's MACs per sequence / L
+    and twice its .tflite bytes), trains it and runs its firmware in QEMU on the whole test set. The one
+    place that calls the project (resumable: a finished fit in workdir is read back, not redone)."""
+    from s4op_micro.fit import FitOptions, fit
 
-    run = Path(workdir) / f"{dataset}-seed{seed}{'-quick' if quick else ''}"
-    reused = (run / "results.json").exists()
-    options = PipelineOptions(dataset=dataset, seed=seed, **({"epochs": 10, "limit": 30} if quick else {}))
-    run.parent.mkdir(parents=True, exist_ok=True)
-    with open(run.parent / f"{run.name}.log", "a") as f, contextlib.redirect_stderr(f):
-        pipeline(out=run, options=options)
-    stages = json.loads((run / "results.json").read_text())["stages"]
-    out = {}
-    for m in ("base", "pruned"):
-        exp, emu, tflm = stages["export"][m], stages["emulate"][m], stages["tflm"][m]
-        seq_len = emu["steps"] // emu["n_sequences"]
-        out[f"ours-{m}"] = {
-            "accuracy": emu["accuracy"], "float_accuracy": emu["float_accuracy"],
-            "reference_accuracy": emu["reference_accuracy"], "tflm_accuracy": tflm.get("accuracy"),
-            "mismatches": emu["mismatches"], "test_sequences": emu["n_sequences"],
-            "flash_bytes": exp["flash_bytes"], "ram_bytes": exp["ram_bytes"], "board": emu["board"],
-            "macs_per_step": exp["macs_per_step"], "macs_per_decision": exp["macs_per_step"],
-            "macs_per_sequence": exp["macs_per_step"] * seq_len,
-            "instructions_per_step": emu["instructions_per_step"], "instructions_per_decision": emu["instructions_per_step"],
-            "instructions_per_sequence": emu["instructions_per_step"] * seq_len,
-            "cycles_per_step": emu["cycles_per_step"], "seq_len": seq_len,
-            "operators": [layer["operators_active"] for layer in exp["layers"]],
-            "pruned_rate": stages["export"]["chosen"]["rate"] if m == "pruned" else 0.0, "reused": reused,
-        }
-    return out
+    run = Path(workdir) / f"fit-{dataset}-seed{seed}{'-quick' if quick else ''}"
+    reused = (run / "fit.json").exists()
+    if not reused:
+        options = FitOptions(dataset=dataset, seed=seed, workers=FIT_WORKERS, **(budget or {}),
+                             **({"epochs": 5, "candidates": 2, "folds": 2} if quick else {}))
+        run.parent.mkdir(parents=True, exist_ok=True)
+        with open(run.parent / f"{run.name}.log", "a") as f, contextlib.redirect_stderr(f):
+            fit(out=run, options=options, force=True)
+    doc = json.loads((run / "fit.json").read_text())
+    c, fw = doc["chosen"], doc["firmware"]
+    seq_len = fw["steps"] // fw["n_sequences"]
+    return {"ours-fit": {
+        "accuracy": fw["accuracy"], "float_accuracy": fw["float_accuracy"], "reference_accuracy": fw["reference_accuracy"],
+        "cv_accuracy": c["cv_accuracy"], "mismatches": fw["mismatches"], "test_sequences": fw["n_sequences"],
+        "flash_bytes": fw["flash_bytes"], "ram_bytes": fw["ram_bytes"], "board": doc["board"],
+        "macs_per_step": fw["macs_per_step"], "macs_per_decision": fw["macs_per_step"],
+        "macs_per_sequence": fw["macs_per_step"] * seq_len,
+        "instructions_per_step": fw["instructions_per_step"], "instructions_per_decision": fw["instructions_per_step"],
+        "instructions_per_sequence": fw["instructions_per_step"] * seq_len, "cycles_per_step": fw["cycles_per_step"],
+        "seq_len": seq_len, "shape": f"H={c['d_model']} N={c['d_state']} x{c['n_layers']}", "kind": c["kind"],
+        "augment": c["augment"], "budget": doc["budget"], "fit_seconds": doc["seconds"], "reused": reused}}
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -378,20 +377,21 @@ def aggregate(records):
             row = {"dataset": dataset, "model": kind, "seeds": [r["seed"] for r in rs],
                    "accuracy": acc, "accuracy_min": lo, "accuracy_max": hi, "accuracies": [r["accuracy"] for r in rs],
                    "acc (min-max)": f"{acc:.3f} ({lo:.3f}-{hi:.3f})",
-                   "float_accuracy": summarize(rs, "float_accuracy")[0]}
+                   "float_accuracy": summarize(rs, "float_accuracy")[0],
+                   "shape": "; ".join(dict.fromkeys(r["shape"] for r in rs if r.get("shape"))) or ""}
             for key in ("flash_bytes", "ram_bytes", "macs_per_sequence", "macs_per_decision", "instructions_per_step",
                         "instructions_per_sequence", "params", "train_seconds", "epochs", "best_epoch",
-                        "int8_float_agreement", "pruned_rate"):
+                        "int8_float_agreement", "cv_accuracy", "macs_per_step"):
                 mean = summarize(rs, key)[0]
                 if mean is not None:
-                    row[key] = round(mean) if key not in ("int8_float_agreement", "pruned_rate", "train_seconds") else mean
+                    row[key] = round(mean) if key not in ("int8_float_agreement", "cv_accuracy", "train_seconds") else mean
             rows.append(row)
     return rows
 
 
 STYLE = {"cnn": dict(marker="s", color="tab:blue"), "fcn": dict(marker="D", color="tab:green"),
          "minirocket": dict(marker="*", color="tab:purple", markersize=11),
-         "ours-base": dict(marker="o", color="tab:red"), "ours-pruned": dict(marker="v", color="tab:orange")}
+         "ours-fit": dict(marker="o", color="tab:red")}
 
 
 def plot(rows, path):
@@ -454,11 +454,14 @@ def run(datasets, seeds, workdir, quick=False):
                 log(f"{dataset} {kind} seed {seed}: accuracy {fig['accuracy']:.4f} (float {fig['float_accuracy']:.4f}), "
                     f"{fig['flash_bytes']} B, {fig['macs_per_sequence']:,} MACs/seq, {time.time() - start:.0f} s")
             start = time.time()
-            for kind, fig in deployed_figures(dataset, seed, workdir, quick).items():
+            cnn = next(r for r in records if (r["dataset"], r["model"], r["seed"]) == (dataset, "cnn", seed))
+            budget = {"max_macs_per_step": 2 * cnn["macs_per_sequence"] // data.seq_len, "max_flash": 2 * cnn["flash_bytes"]}
+            for kind, fig in deployed_figures(dataset, seed, workdir, quick, budget).items():
                 records.append({"dataset": dataset, "model": kind, "seed": seed, **fig})
                 log(f"{dataset} {kind} seed {seed}: firmware accuracy {fig['accuracy']:.4f} (float "
                     f"{fig['float_accuracy']:.4f}), {fig['flash_bytes']} B flash, {fig['macs_per_sequence']:,} MACs/seq, "
-                    f"{fig['instructions_per_step']:,.0f} instructions/step, pipeline {time.time() - start:.0f} s")
+                    f"{fig['instructions_per_step']:,.0f} instructions/step, {fig['shape']} ({fig['kind']}), "
+                    f"fit {time.time() - start:.0f} s")
     return records
 
 
@@ -466,7 +469,7 @@ def publish(records, seeds, quick, seconds):
     rows = aggregate(records)
     reused = sum(1 for r in records if r.get("reused"))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    cols = ["dataset", "model", "acc (min-max)", "float_accuracy", "flash_bytes", "ram_bytes", "macs_per_sequence",
+    cols = ["dataset", "model", "shape", "acc (min-max)", "cv_accuracy", "float_accuracy", "flash_bytes", "ram_bytes", "macs_per_sequence",
             "macs_per_decision", "instructions_per_step", "instructions_per_sequence", "params"]
     notes = [
         f"Seeds {','.join(map(str, seeds))}; accuracy = test-set fraction, mean (min-max) over the seeds: int8 in the "
@@ -487,8 +490,17 @@ def publish(records, seeds, quick, seconds):
         + " epochs capped at " + ", ".join(f"{k} {v}" for k, v in MAX_UPDATES.items())
         + f" updates, LR halved after {PLATEAU} epochs without a lower training loss (floor {LR_FLOOR}), the "
         "lowest-training-loss epoch kept; then full int8 by tf.lite.TFLiteConverter.",
-        "ours-pruned is the model the pipeline deploys: the cheapest guided model whose validation accuracy is within "
-        "1 point of the base's (the base itself when none is); the test set chooses nothing.",
+        "ours-fit: `s4op-micro fit` per dataset and seed within twice the CNN's MACs per sequence (as MACs per step: "
+        "2*CNN/L) and twice its .tflite bytes: the grid d_model 8..64 x d_state 4..64 x 1..4 layers priced from shapes "
+        "(cost_report, analytic cycles), the 4 largest feasible shapes cross-validated (3 stratified folds of the "
+        "training set), then the winner with scale,jitter augmentation and a ~2x model taken down to the winner's "
+        "cycles by guided pruning; the best CV accuracy trained on all training data (last epoch) and deployed; "
+        "the test set chooses nothing. shape: the chosen H, N and layers per seed; cv_accuracy: its CV accuracy.",
+        "Before fit (main's table, 3 seeds): ours-base, the hand-picked 32/32/2 (arrowhead 32/32/4), reached "
+        "gunpoint 0.967 at 1,732,800 MACs/seq, arrowhead 0.817 at 5,783,040, basicmotions 1.000 at 1,177,600, "
+        "digits 0.977 at 755,712 (7-18x the CNN's MACs).",
+        f"Reproduce: `python benchmarks/bench_peers.py --seeds {','.join(map(str, seeds))}"
+        + (" --quick" if quick else "") + " --workdir DIR` (a rerun with the same DIR reads finished results back).",
         f"Wall time of this run: {seconds / 60:.1f} min on a shared 2-core machine"
         + (f" ({reused} of {len(records)} results read back from --workdir, not redone)." if reused else ".")
         + (" --quick: reduced budgets (few epochs; ours trained 10 epochs, 30 test sequences on the firmware)."

@@ -2,6 +2,9 @@
 
     train -> prune (s4op, then guided) -> export (C + TFLM) -> build -> emulate (QEMU) -> tflm
 
+With fit=True the train stage is `s4op-micro fit` (the model's shape chosen for the data and the
+board's budget by cross-validation, fit.py; without its pruned path: the prune stages follow) instead
+of `train` with the dataset's defaults.
 With model= (a checkpoint, e.g. from `s4op-micro import`) the train stage evaluates it instead of
 training one, and the later stages start from it.
 
@@ -29,6 +32,7 @@ from .core.errors import UserError
 from .core.outdir import MARKER, check_output_path
 from .core.progress import log
 from .data import load_dataset
+from .fit import FitOptions, fit
 from .prune import pareto
 from .prune.api import PruneOptions, parse_rates, prune
 from .toolchain.build import build
@@ -60,6 +64,9 @@ class PipelineOptions:
     seed: int = 0
     redo: list = field(default_factory=list)
     model: str = None              # start from this checkpoint (e.g. from `s4op-micro import`) instead of training
+    fit: bool = False              # train stage: `s4op-micro fit` (shape chosen for the data and budget by CV)
+    max_macs_per_step: int = None  # fit's budget besides the board's flash and RAM
+    max_latency_us: float = None
 
 
 def base_checkpoint(o, run):
@@ -82,6 +89,10 @@ def validate(o, run):
     unknown = [s for s in o.redo if s not in STAGES]
     if unknown:
         raise UserError(f"--redo {unknown[0]!r} is not a stage; stages: {', '.join(STAGES)}")
+    if o.fit and o.model:
+        raise UserError("--fit trains a model of its own; drop --model or --fit")
+    if not o.fit and (o.max_macs_per_step or o.max_latency_us):
+        raise UserError("--max-macs-per-step/--max-latency-us are fit's budget; add --fit")
     if o.model and not Path(o.model).is_file():
         raise UserError(f"--model {o.model} not found; pass a checkpoint from `s4op-micro train` or `import`")
     if run.exists() and not (run / "stages.json").is_file() and any(run.iterdir()):
@@ -105,7 +116,9 @@ def stage_inputs(stage, o, run, previous_key):
     if stage == "train":
         data = {"dataset": o.dataset} if o.dataset else {"data": str(o.data), "data_sha256": _file_hash(o.data)}
         model = {"model": str(o.model), "model_sha256": _file_hash(o.model)} if o.model else {}
-        return {**common, **data, **model, "epochs": o.epochs, "seed": o.seed}
+        fitted = {"fit": True, "board": o.board, "max_macs_per_step": o.max_macs_per_step,
+                  "max_latency_us": o.max_latency_us} if o.fit else {}
+        return {**common, **data, **model, "epochs": o.epochs, "seed": o.seed, **fitted}
     if stage.startswith("prune-"):
         return {**common, "rates": o.rates, "seeds": o.seeds, "finetune_epochs": o.finetune_epochs, "seed": o.seed,
                 "board": o.board, "checkpoint_sha256": _file_hash(base_checkpoint(o, run)),
@@ -141,6 +154,10 @@ def run_stage(stage, o, run, results):
     exports = {"base": run / "export" / "base", "pruned": run / "export" / "pruned"}
     if stage == "train" and o.model:
         return {"base": dict(evaluate_checkpoint(base, **data), model=str(base))}
+    if stage == "train" and o.fit:
+        return {"base": fit(out=run / "train", force=True, options=FitOptions(
+            dataset=o.dataset, data=o.data, board=o.board, epochs=o.epochs, seed=o.seed, measure=False, prune=False,
+            max_macs_per_step=o.max_macs_per_step, max_latency_us=o.max_latency_us)).to_dict()}
     if stage == "train":
         return {"base": train(out=run / "train", epochs=o.epochs, seed=o.seed, force=True, **data).to_dict()}
     if stage.startswith("prune-"):

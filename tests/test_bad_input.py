@@ -226,7 +226,7 @@ def test_fuzz_every_subcommand_exits_0_or_2_without_traceback(made, capsys, data
     argv = [command, *positionals(command, made, odd_path), option, *([value] if takes_value else [])]
     if command not in ("datasets", "boards") and "--out" not in argv and any(o == "--out" for o, _ in OPTIONS[command]):
         argv += ["--out", made["root"] / "fuzz_out"]
-    if command in ("train", "pipeline") and "--dataset" not in argv and "--data" not in argv:
+    if command in ("train", "pipeline", "fit") and "--dataset" not in argv and "--data" not in argv:
         argv += ["--dataset", "nope"]                  # an unknown dataset: refused before any work
     if command == "prune" and "--strategy" not in argv:
         argv += ["--strategy", "bogus"]
@@ -251,5 +251,5 @@ def test_fuzz_every_subcommand_exits_0_or_2_without_traceback(made, capsys, data
 
 def test_fuzz_reached_every_subcommand():
     assert set(OPTIONS) >= {"train", "eval", "info", "datasets", "import", "prune", "export", "run", "finetune",
-                            "boards", "build", "flash", "profile", "pipeline"}
+                            "boards", "build", "flash", "profile", "pipeline", "fit"}
     assert os.environ.get("CI") is None or True

@@ -12,7 +12,7 @@ import s4op_micro
 
 PKG = Path(s4op_micro.__file__).resolve().parent
 LAYERS = ["core", "models", "data", "train", "quant", "codegen", "toolchain", "measure", "prune",
-          "deploy", "pipeline", "cli"]
+          "deploy", "fit", "pipeline", "cli"]
 MAX_LINES = 500
 
 

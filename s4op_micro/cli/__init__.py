@@ -1,6 +1,6 @@
 """The `s4op-micro` command line: argparse on top of the typed stage functions. Nothing imports it.
 
-Each command module (train, prune, export, firmware, pipeline) has `register(subparsers)`, which
+Each command module (train, fit, prune, export, firmware, pipeline) has `register(subparsers)`, which
 adds its subparsers and sets `func` (func(args) -> exit code). Exit codes: 0 done; 1 a run whose
 scores differ from the integer reference, or an unexpected error (one line; S4OP_DEBUG=1 shows the
 traceback); 2 bad input (UserError or a usage error: one line naming the fix); 130 Ctrl-C; 143 SIGTERM.
@@ -14,9 +14,9 @@ import sys
 
 from .. import __version__
 from ..core.errors import UserError
-from . import export, firmware, pipeline, prune, train
+from . import export, firmware, fit, pipeline, prune, train
 
-COMMAND_MODULES = [train, prune, export, firmware, pipeline]
+COMMAND_MODULES = [train, fit, prune, export, firmware, pipeline]
 
 
 class Terminated(BaseException):

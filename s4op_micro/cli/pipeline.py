@@ -1,13 +1,14 @@
 """Command: `pipeline`."""
 
 from ..pipeline import STAGES, PipelineOptions, pipeline
-from .common import at_least, emit
+from .common import at_least, emit, positive
 
 
 def cmd_pipeline(args):
     o = PipelineOptions(dataset=args.dataset, data=args.data, board=args.board, epochs=args.epochs, rates=args.rates,
                         seeds=args.seeds, finetune_epochs=args.finetune_epochs, max_drop=args.max_drop,
-                        limit=args.limit, seed=args.seed, redo=args.redo, model=args.model)
+                        limit=args.limit, seed=args.seed, redo=args.redo, model=args.model,
+                        fit=args.fit, max_macs_per_step=args.max_macs_per_step, max_latency_us=args.max_latency_us)
     res = pipeline(out=args.out, options=o)
     emit(args, {k: v for k, v in res.items() if k != "table"}, lambda r: res["table"])
     return 0
@@ -24,6 +25,10 @@ def register(sub):
     g.add_argument("--data", help="your own .npz with x_train, y_train, x_test, y_test")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--model", help="start from this checkpoint (e.g. from `s4op-micro import`) instead of training one")
+    p.add_argument("--fit", action="store_true", help="train stage: `s4op-micro fit` chooses width, state size and "
+                   "depth for the data and the board's budget by cross-validation (instead of the dataset's defaults)")
+    p.add_argument("--max-macs-per-step", type=at_least(1), help="with --fit: MACs per step the model may cost")
+    p.add_argument("--max-latency-us", type=positive, help="with --fit: microseconds per step at the board's clock")
     p.add_argument("--board", default=d.board, help=f"target board or core with a QEMU machine (default {d.board})")
     p.add_argument("--redo", nargs="*", default=[], choices=STAGES, help="redo these stages (and those after them)")
     p.add_argument("--epochs", type=at_least(1), help="training epochs, >= 1 (default: per dataset)")

@@ -1,0 +1,69 @@
+"""Command: `fit`."""
+
+from ..fit import D_MODELS, D_STATES, N_LAYERS, FitOptions, fit
+from .common import at_least, emit, positive
+
+
+def _ints(text):
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def cmd_fit(args):
+    o = FitOptions(dataset=args.dataset, data=args.data, root=args.root, board=args.board,
+                   max_latency_us=args.max_latency_us, max_flash=args.max_flash, max_ram=args.max_ram,
+                   max_macs_per_step=args.max_macs_per_step, workers=args.workers, folds=args.folds, seeds=args.seeds,
+                   epochs=args.epochs, candidates=args.candidates, d_models=args.d_models, d_states=args.d_states,
+                   n_layers=args.n_layers, augment=not args.no_augment, prune=not args.no_prune,
+                   measure=not args.no_measure, seed=args.seed)
+    res = fit(out=args.out, options=o, force=args.force)
+
+    def human(r):
+        c, fw = r["chosen"], r["firmware"]
+        lines = [f"{'point':<34} {'CV acc':>8} {'MACs/step':>10} {'cycles/step':>12} {'flash B':>8}"]
+        for p in r["points"]:
+            mark = " <- deployed" if p.get("chosen") else (" (over budget)" if p.get("over") else "")
+            lines.append(f"{p['label']:<34} {p['cv_accuracy']:>8.4f} {p['macs_per_step']:>10,.0f} "
+                         f"{p['cycles_per_step']:>12,.0f} {p['flash_bytes']:>8,.0f}{mark}")
+        lines.append(f"deployed {c['label']}: CV accuracy {c['cv_accuracy']:.4f}, test accuracy (float) {c['test_accuracy']:.4f}"
+                     + (f", firmware {fw['accuracy']:.4f} ({fw['instructions_per_step']:,.0f} instructions/step, "
+                        f"{fw['flash_bytes']:,} B flash, QEMU {fw['cycles_source']})" if fw else "")
+                     + f" -> {r['model']} [{r['seconds']:.0f} s]")
+        return "\n".join(lines)
+
+    emit(args, res.to_dict(), human)
+    return 0
+
+
+def register(sub):
+    d = FitOptions()
+    p = sub.add_parser("fit", help="choose width, state size and depth for the data and the board's budget, and train",
+                       description="Price every (d_model, d_state, n_layers) of the grid (flash, RAM, MACs, analytic "
+                                   "cycles), cross-validate the largest ones within the budget on the training set, try "
+                                   "augmentation and a twice-as-big model pruned to the winner's cycles, train the best "
+                                   "on all training data and measure it in QEMU. Writes DIR/model.pt, fit.json, fit.png.")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--dataset", help="a shipped dataset (see `s4op-micro datasets`)")
+    g.add_argument("--data", help="your own .npz with x_train, y_train, x_test, y_test")
+    p.add_argument("--root", help="directory with the standard files of smnist")
+    p.add_argument("--board", default=d.board, help=f"target board or core (default {d.board})")
+    p.add_argument("--out", required=True, help="output directory (model.pt, fit.json, fit.png, export/)")
+    p.add_argument("--force", action="store_true", help="replace an existing output directory made by s4op-micro")
+    p.add_argument("--max-latency-us", type=positive, help="microseconds per step (one decision) at the board's clock")
+    p.add_argument("--max-flash", type=at_least(1), help="model flash bytes (default: the board's)")
+    p.add_argument("--max-ram", type=at_least(1), help="model RAM bytes (default: the board's)")
+    p.add_argument("--max-macs-per-step", type=at_least(1), help="multiply-accumulates per step")
+    p.add_argument("--workers", type=at_least(1), default=d.workers, help="local worker processes (default 1)")
+    p.add_argument("--folds", type=at_least(2), default=d.folds, help=f"cross-validation folds (default {d.folds})")
+    p.add_argument("--seeds", type=at_least(1), default=d.seeds, help=f"seeds per fold and final models (default {d.seeds})")
+    p.add_argument("--epochs", type=at_least(1), help="epochs per training (default: about 1000 updates)")
+    p.add_argument("--candidates", type=at_least(1), default=d.candidates,
+                   help=f"largest feasible shapes cross-validated (default {d.candidates})")
+    p.add_argument("--d-models", type=_ints, default=d.d_models, help="comma list of widths searched")
+    p.add_argument("--d-states", type=_ints, default=d.d_states, help="comma list of state sizes searched (even)")
+    p.add_argument("--n-layers", type=_ints, default=d.n_layers, help="comma list of depths searched")
+    p.add_argument("--no-augment", action="store_true", help="do not try augmentation on the winner")
+    p.add_argument("--no-prune", action="store_true", help="do not try a twice-as-big model pruned to the winner's cycles")
+    p.add_argument("--no-measure", action="store_true", help="do not export and run the chosen model in QEMU")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_fit)
