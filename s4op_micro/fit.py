@@ -51,7 +51,7 @@ from .prune.controller import GRANULARITIES
 from .prune.latency import AnalyticOracle
 from .prune.parallel import Executor, one_thread
 from .quant.cost import cost_report
-from .train import as_tensors, dataset_record, evaluate, fit as train_fit, set_seed
+from .train import dataset_record, evaluate, fit as train_fit, set_seed
 
 D_MODELS = (8, 12, 16, 24, 32, 48, 64)
 D_STATES = (4, 8, 16, 32, 64)

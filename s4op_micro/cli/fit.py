@@ -1,6 +1,6 @@
 """Command: `fit`."""
 
-from ..fit import D_MODELS, D_STATES, N_LAYERS, FitOptions, fit
+from ..fit import FitOptions, fit
 from .common import at_least, emit, positive
 
 
