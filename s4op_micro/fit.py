@@ -44,6 +44,7 @@ from .core.boards import get_board
 from .core.errors import UserError
 from .core.outdir import atomic_output_dir, check_output_path
 from .data import load_dataset
+from .data.core import fit_normalization, normalize
 from .models import SequenceClassifier
 from .models.checkpoint import load_model, save_checkpoint
 from .prune.api import PruneOptions, prune
@@ -51,7 +52,7 @@ from .prune.controller import GRANULARITIES
 from .prune.latency import AnalyticOracle
 from .prune.parallel import Executor, one_thread
 from .quant.cost import cost_report
-from .train import dataset_record, evaluate, fit as train_fit, set_seed
+from .train import dataset_record, evaluate, fit as train_fit, parse_augment, set_seed
 
 D_MODELS = (8, 12, 16, 24, 32, 48, 64)
 D_STATES = (4, 8, 16, 32, 64)
@@ -200,16 +201,14 @@ class _Split:
 
 def _normalized(x_train, *others):
     """Refit the per-channel normalization on x_train (a fold's training part) and apply it to all."""
-    m = x_train.mean(axis=(0, 1), keepdims=True, dtype=np.float64)
-    s = x_train.std(axis=(0, 1), keepdims=True, dtype=np.float64)
-    s[s < 1e-8] = 1.0
-    return [((a - m) / s).astype(np.float32) for a in (x_train, *others)]
+    norm = fit_normalization(x_train)
+    return [normalize(a, norm) for a in (x_train, *others)]
 
 
 def train_one(data, shape, x, y, recipe, augment, seed):
     model = make_model(data, shape, seed)
     train_fit(model, _Split(x, y), recipe["epochs"], recipe["lr"], recipe["batch_size"], seed=seed, progress=False,
-              augment_with=tuple(a for a in augment.split(",") if a))
+              augment_with=parse_augment(augment))
     return model
 
 

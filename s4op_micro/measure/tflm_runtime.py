@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import UserError
+from ..codegen.tflm import multiplier_check
 from ..codegen.tflm_graph import builtin_names, fb
+from .scores import compare
 
 # Builtin ops with a kernel in the tflite-micro build we validate with (all its resolver registers).
 TFLM_BUILTINS = frozenset("""
@@ -194,9 +196,6 @@ def check_export(model_bytes, x, expected):
 def run_export(export_dir, qmodel, reference, test):
     """Run DIR/tflm/model.tflite over the test set (s4op_micro.measure.scores.TestSet): accuracies,
     mismatches against the integer reference and the per-timestep score difference in LSB."""
-    from ..codegen.tflm import multiplier_check
-    from .scores import compare
-
     path = Path(export_dir) / "tflm" / "model.tflite"
     if not path.is_file():
         raise UserError(f"{path} does not exist; export with --formats c,tflm")
