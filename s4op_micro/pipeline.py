@@ -14,8 +14,8 @@ options, the data file's content, the checkpoint it read, the s4op-micro version
 the stage before it). A recorded stage whose key still matches is not redone; a changed input
 redoes that stage and every later one, and says so. Two models go through export and the firmware
 stages: the trained one (`base`) and the pruned one the job keeps (`pruned`: the cheapest guided
-model within max_drop accuracy points of the base on the validation split; the base itself when
-none is). The results table is saved as RUN/results.md and RUN/results.json, the plots as
+model within max_drop accuracy points of the base on the selection set, validation + training
+sequences; the base itself when none is). The results table is saved as RUN/results.md and RUN/results.json, the plots as
 RUN/prune/pareto.png and RUN/layers.png.
 """
 
@@ -43,9 +43,9 @@ MODELS = ("base", "pruned")
 START = ("unpruned", "start")   # pareto.json's entry of the model pruning started from (an imported one may be pruned)
 # The guided stage: operators, modes and whole residual channels (a narrower d_model), every kept
 # model measured in QEMU, on past the rates until the measured cycles per step are halved (with a
-# margin for the test set's data-dependent branches); choose_pruned then keeps the cheapest model
-# within --max-drop on validation (the controller does not stop at it: a 10-sequence validation
-# split is too noisy to stop on one rate).
+# margin for the test set's data-dependent branches); cheapest_within then keeps the cheapest model
+# within --max-drop on the selection set (the controller does not stop at it: one rate's model can
+# lose a sequence that a cheaper one keeps).
 GUIDED = dict(granularity="operator,mode,width", latency="emulator", target_ratio=0.49)
 S4OP = dict(latency="emulator")  # its kept models measured too: one cycle axis in pareto.png
 
@@ -134,14 +134,14 @@ def _key(inputs):
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def choose_pruned(run, base, max_drop):
-    """The cheapest guided model whose validation accuracy is within max_drop points of the base's
-    (test accuracy decides nothing: it is what we report). None when no pruned model qualifies."""
-    models = _pareto_models(run)
+def cheapest_within(models, max_drop):
+    """Among pareto.json's models, the cheapest guided one whose selection-set accuracy (validation +
+    training sequences, prune.finetune.selection_set) is within max_drop points of the start model's;
+    test accuracy decides nothing: it is what we report. None when no pruned model qualifies."""
     guided = [m for m in models if m["strategy"] == "guided"]
-    base_val = next((m["val_accuracy"] for m in models if m["strategy"] in START), None)
-    within = [m for m in guided if base_val is not None and 100 * (base_val - m["val_accuracy"]) <= max_drop + 1e-9]
-    return min(within, key=lambda m: (m["cycles_per_step"], -m["val_accuracy"])) if within else None
+    start = next((m["selection_accuracy"] for m in models if m["strategy"] in START), None)
+    within = [m for m in guided if start is not None and 100 * (start - m["selection_accuracy"]) <= max_drop + 1e-9]
+    return min(within, key=lambda m: (m["cycles_per_step"], -m["selection_accuracy"])) if within else None
 
 
 def _pareto_models(run):
@@ -167,7 +167,7 @@ def run_stage(stage, o, run, results):
                                **(GUIDED if strategy == "guided" else S4OP))
         return {strategy: prune(base, run / "prune", options, measure=deploy.firmware_measure).to_dict()}
     if stage == "export":
-        pick = choose_pruned(run, results["train"]["base"], o.max_drop)
+        pick = cheapest_within(_pareto_models(run), o.max_drop)
         if pick is None:
             log("pipeline", f"no pruned model is within --max-drop {o.max_drop:g} points of the base: "
                 "deploying the base model as `pruned` too")

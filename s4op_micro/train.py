@@ -45,6 +45,7 @@ AUGMENTATIONS = ("scale", "jitter")
 LR_STEPS = ("batch", "epoch")  # LRSchedule
 EPOCH_TIES = ("val_loss", "earlier")  # BestEpoch
 STOP_RULES = ("patience", "patience+1")  # BestEpoch
+DISTILL_TEMPERATURE = 2.0  # of the soft targets when a fine-tune distills from its unpruned model
 
 
 def defaults_for(dataset):
@@ -186,7 +187,8 @@ def evaluate(model, x, y, batch_size=256, forward_fn=None):
 
 def fit(model, data, epochs, lr, batch_size=32, weight_decay=0.01, seed=0, patience=None,
         progress=True, desc="train", forward_fn=None, augment_with=(), ssm_lr=SSM_LR, ssm_weight_decay=0.0,
-        warmup_epochs=0, lr_step="batch", grad_clip=None, stop_rule="patience", epoch_ties="val_loss"):
+        warmup_epochs=0, lr_step="batch", grad_clip=None, stop_rule="patience", epoch_ties="val_loss",
+        teacher=None, distill=0.0):
     """Train in place; keep the weights of the best validation epoch, or the last epoch's when the
     dataset has no validation split (val_accuracy and val_loss are then None).
 
@@ -195,7 +197,9 @@ def fit(model, data, epochs, lr, batch_size=32, weight_decay=0.01, seed=0, patie
     patience, stop_rule, epoch_ties: early stopping and which epoch is best (BestEpoch);
     augment_with: names from AUGMENTATIONS applied to every training batch (float inputs only);
     ssm_lr, ssm_weight_decay: the SSM group (make_optimizer); warmup_epochs, lr_step: LRSchedule;
-    grad_clip: the largest total gradient norm (None: no clipping).
+    grad_clip: the largest total gradient norm (None: no clipping);
+    teacher, distill: knowledge distillation (distillation_loss) from `teacher`'s logits on the same
+    (augmented) batch, weighted `distill` against the labels' cross-entropy.
     """
     set_seed(seed)
     forward_fn = forward_fn or (lambda m, xb: m(xb))
@@ -209,7 +213,8 @@ def fit(model, data, epochs, lr, batch_size=32, weight_decay=0.01, seed=0, patie
     bar = progress_bar(range(epochs), desc, enabled=progress)
     for epoch in bar:
         loss = train_epoch(model, opt, schedule, batches(x, y, batch_size, gen), forward_fn,
-                           lambda xb: augment(xb, augment_with, gen) if augment_with else xb, grad_clip)
+                           lambda xb: augment(xb, augment_with, gen) if augment_with else xb, grad_clip,
+                           teacher, distill)
         schedule.epoch_done()
         if not len(data.y_val):
             best.epoch = epoch
@@ -229,14 +234,28 @@ def fit(model, data, epochs, lr, batch_size=32, weight_decay=0.01, seed=0, patie
     return {**history, "seconds": time.time() - start}
 
 
-def train_epoch(model, opt, schedule, batch_iter, forward_fn, perturb, grad_clip=None):
+def distillation_loss(logits, labels, teacher_logits, weight, temperature=DISTILL_TEMPERATURE):
+    """(1 - weight) x cross-entropy on the labels + weight x T^2 x KL(teacher || student) at
+    temperature T (Hinton et al. 2015; T^2 keeps the soft term's gradients the size of the hard one's)."""
+    hard = F.cross_entropy(logits, labels)
+    if teacher_logits is None or not weight:
+        return hard
+    soft = F.kl_div(F.log_softmax(logits / temperature, -1), F.log_softmax(teacher_logits / temperature, -1),
+                    reduction="batchmean", log_target=True)
+    return (1 - weight) * hard + weight * temperature**2 * soft
+
+
+def train_epoch(model, opt, schedule, batch_iter, forward_fn, perturb, grad_clip=None, teacher=None, distill=0.0):
     """One pass over the training batches; returns the last batch's loss."""
     model.train()
     loss = torch.tensor(float("nan"))
     for xb, yb in batch_iter:
         if len(xb) < 2 and model.config["norm"] == "batch":
             continue  # BatchNorm cannot train on a single sample
-        loss = F.cross_entropy(forward_fn(model, perturb(xb)), yb)
+        xb = perturb(xb)
+        with torch.no_grad():
+            soft = teacher.eval()(xb) if teacher is not None and distill else None
+        loss = distillation_loss(forward_fn(model, xb), yb, soft, distill)
         opt.zero_grad()
         loss.backward()
         if grad_clip is not None:

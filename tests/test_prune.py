@@ -23,6 +23,7 @@ from s4op_micro.prune.controller import Candidate, Context, Settings, random_byp
 from s4op_micro.prune.operators import (Decision, Lineage, apply, effective_params, operators_kept,
                                         pruned_fraction, summary)
 from s4op_micro.prune.recipe import PUBLISHED_SEEDS, FinetuneRecipe
+from s4op_micro.train import distillation_loss, load_data_for
 
 TINY = ["--d-model", "8", "--d-state", "8", "--n-layers", "2", "--epochs", "15", "--quiet"]
 FAST = ["--seeds", "2", "--finetune-epochs", "1", "--quiet"]
@@ -560,6 +561,10 @@ def test_pareto_records_the_published_finetune_and_overrides(tiny_model, tmp_pat
         0.002, 1, 2, [0, 1], "re-estimated", 0, None)
     assert g["weight_decay"] == 0.01 and "per batch" in g["schedule"] and sorted(g["overrides"]) == [
         "--finetune-epochs", "--lr", "--seeds"]
+    assert (ft["distill"], g["distill"]) == (0.0, 0.5)  # published: labels only; guided: half soft targets
+    n_selection = len(finetune.selection_set(load_data_for(load_model(tiny_model)[1]))[1])
+    for entry in saved["models"]:  # what --max-drop and the pipeline's choice are measured on
+        assert entry["selection_n"] == n_selection and 0 <= entry["selection_accuracy"] <= 1
     code, _, err = run_cli(capsys, "prune", tiny_model, "--out", out, "--force", "--strategy", "s4op", "--rates", "0.5",
                            "--seeds", "7,123", "--patience", "0", "--finetune-epochs", "2", "--quiet")
     assert code == 0, err
@@ -689,3 +694,39 @@ def test_oracle_prices_a_width_cut_as_qemu_measures_it():
         assert estimate == pytest.approx(measured, rel=0.03)
         a_full = analytic.cycles(model, lineage)
         assert (a_full - analytic.cycles(narrow, lineage)) / a_full == pytest.approx((full - measured) / full, rel=0.10)
+
+
+# --- distillation and the choice of the deployed model ------------------------------------------------
+
+def test_distillation_loss_mixes_labels_and_soft_targets():
+    torch.manual_seed(0)
+    logits, teacher = torch.randn(8, 3, requires_grad=True), torch.randn(8, 3)
+    labels = torch.randint(0, 3, (8,))
+    hard = torch.nn.functional.cross_entropy(logits, labels)
+    assert torch.equal(distillation_loss(logits, labels, teacher, 0.0), hard)
+    assert torch.equal(distillation_loss(logits, labels, None, 0.5), hard)
+    # the soft term is T^2 KL(teacher || student) at temperature T, computed here from its definition
+    T = 2.0
+    p, q = torch.softmax(teacher / T, -1), torch.softmax(logits / T, -1)
+    kl = (p * (p.log() - q.log())).sum(-1).mean()
+    assert torch.allclose(distillation_loss(logits, labels, teacher, 1.0, T), T**2 * kl)
+    assert torch.allclose(distillation_loss(logits, labels, teacher, 0.5, T), 0.5 * hard + 0.5 * T**2 * kl)
+    # a student equal to its teacher gets no gradient from the soft term
+    same = teacher.clone().requires_grad_(True)
+    distillation_loss(same, labels, teacher, 1.0).backward()
+    assert same.grad.abs().max() < 1e-6
+
+
+def test_deployed_model_is_the_cheapest_within_max_drop_on_the_selection_set():
+    from s4op_micro.pipeline import cheapest_within
+
+    def m(strategy, cycles, selection, test):
+        return dict(strategy=strategy, cycles_per_step=cycles, selection_accuracy=selection, accuracy=test)
+    start = m("unpruned", 100, 0.96, 0.90)
+    models = [start, m("guided", 80, 0.955, 0.80), m("guided", 50, 0.94, 0.95), m("guided", 60, 0.951, 0.70),
+              m("s4op", 40, 0.96, 0.99)]
+    # within 1 point: 80 and 60 (test accuracy decides nothing; s4op models are not candidates)
+    assert cheapest_within(models, 1.0)["cycles_per_step"] == 60
+    assert cheapest_within(models, 2.0)["cycles_per_step"] == 50
+    assert cheapest_within(models, 0.0) is None
+    assert cheapest_within([dict(start, strategy="start"), *models[1:]], 0.5)["cycles_per_step"] == 80

@@ -37,7 +37,8 @@ def register(sub):
     p.add_argument("--finetune-epochs", type=at_least(1), default=d.finetune_epochs,
                    help=f"epochs per candidate fine-tune (default {d.finetune_epochs})")
     p.add_argument("--max-drop", type=at_least(0.0, float), default=d.max_drop,
-                   help=f"validation accuracy points the deployed pruned model may lose (default {d.max_drop:g})")
+                   help=f"accuracy points the deployed pruned model may lose on the selection set: validation + training "
+                        f"sequences (default {d.max_drop:g})")
     p.add_argument("--limit", type=at_least(1), help="test sequences for the firmware and TFLM stages (default: all)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -71,7 +71,7 @@ def register(sub):
     p.add_argument("--score", default="taylor", help=f"guided importance score: {' | '.join(SCORES)} (default taylor)")
     p.add_argument("--granularity", default="operator",
                    help=f"guided: what may go, comma-separated from {', '.join(GRANULARITIES)}")
-    p.add_argument("--max-drop", type=at_least(0.0, float), help="guided: stop before validation accuracy falls more than this many points "
+    p.add_argument("--max-drop", type=at_least(0.0, float), help="guided: stop before accuracy on the selection set (validation + training sequences) falls more than this many points "
                                                     "(default 1.0 without --rates or a cycle target)")
     p.add_argument("--target-cycles", type=positive, help="guided: stop once cycles per step are at most this")
     p.add_argument("--target-ratio", type=in_range(0, 1, low_open=True), help="guided: stop once cycles per step are at most this fraction of the unpruned model's")

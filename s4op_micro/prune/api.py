@@ -23,7 +23,7 @@ from ..quant.cost import cost_report
 from ..train import GENERIC_DEFAULTS, evaluate, load_data_for, parse_augment
 from . import pareto
 from .controller import DEFAULT_RATES, GRANULARITIES, STRATEGIES, Candidate, Context, Settings, run
-from .finetune import check_device
+from .finetune import check_device, selection_set
 from .importance import SCORES
 from .latency import make_oracle
 from .operators import Lineage, effective_params, operators_kept, pruned_fraction, summary
@@ -221,9 +221,11 @@ def entry(o, strategy, rate, cand, path, data, oracle, board, epochs):
     test = evaluate(model, data.x_test, data.y_test)
     report = cost_report(model, o.coeff_bits)
     val = cand.val[0] if cand.val else evaluate(model, data.x_val, data.y_val)["accuracy"]
+    x_sel, y_sel = selection_set(data)
     return {
         "rate": round(rate, 4), "pruned_fraction": round(pruned_fraction(model, lineage), 4), "strategy": strategy,
         "path": str(path), "accuracy": test["accuracy"], "test_loss": test["loss"], "val_accuracy": val,
+        "selection_accuracy": evaluate(model, x_sel, y_sel)["accuracy"], "selection_n": len(y_sel),
         "operators": operators_kept(model, lineage), "d_model": model.config["d_model"],
         "pruned": summary(model, lineage),
         "params": effective_params(model), "flash_bytes": report["flash_bytes"], "ram_bytes": report["ram_bytes"],

@@ -21,8 +21,9 @@ proposal's damage is measured (loss on validation + training sequences after re-
 BatchNorm statistics), its cycles saved come from the latency oracle, and the proposal with the
 least loss increase per cycle saved wins; a one-epoch fine-tune follows it. At each rate the model
 is fine-tuned with what is left of the budget: len(seeds) x epochs of its own recipe
-(recipe.FinetuneRecipe.guided), the most an s4op run with that recipe would spend. Stops when
-validation accuracy falls more than --max-drop points below the unpruned model (that model is not
+(recipe.FinetuneRecipe.guided, which distills from the unpruned model), the most an s4op run with
+that recipe would spend. Stops when accuracy on the selection set (finetune.selection_set: validation
++ training sequences) falls more than --max-drop points below the unpruned model's (that model is not
 kept), or once every budget given is met (cycles per step: --target-cycles, --target-ratio,
 --max-latency-us; bytes: --max-flash, --max-ram, from quant.cost.cost_report), past the last rate
 if need be.
@@ -38,7 +39,7 @@ import numpy as np
 from ..quant.cost import cost_report
 from ..train import evaluate
 from . import importance
-from .finetune import damage_task, finetune_task, pack, unpack
+from .finetune import damage_task, finetune_task, pack, selection_set, unpack
 from .operators import Decision, apply, pruned_fraction
 
 DEFAULT_RATES = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -95,6 +96,7 @@ class Context:
     def __init__(self, settings, data, oracle, executor):
         self.s, self.data, self.oracle, self.executor = settings, data, oracle, executor
         self.stop_reason = None
+        self.teacher = None  # the packed start model, the soft targets of a distilling recipe
 
     def finetune(self, candidates, epochs, patience, label, seeds):
         """Fine-tune candidates in parallel; each gets its model back and its validation score.
@@ -103,7 +105,7 @@ class Context:
         bars = s.bars and self.executor.in_process  # bars of parallel workers would garble
         recipe = replace(s.recipe, epochs=epochs, patience=patience)
         tasks = [dict(model=pack(c.model), recipe=recipe, seed=seed, progress=bars, desc=f"{label} {i + 1}/{n}",
-                      device=s.device, qat=s.qat, coeff_bits=s.coeff_bits)
+                      device=s.device, qat=s.qat, coeff_bits=s.coeff_bits, teacher=self.teacher)
                  for i, (c, seed) in enumerate(zip(candidates, seeds))]
 
         def report(i, result):
@@ -122,13 +124,14 @@ class Context:
         tasks = [dict(model=pack(m), device=self.s.device) for m in models]
         return self.executor.map(damage_task, tasks)
 
-    def validation(self, model):
-        res = evaluate(model, self.data.x_val, self.data.y_val)
-        return res["accuracy"], res["loss"]
+    def selection(self, model):
+        """Accuracy on the selection set (finetune.selection_set): what --max-drop is measured on."""
+        return evaluate(model, *selection_set(self.data))["accuracy"]
 
 
 def run(start, ctx):
     """Kept models, as (nominal rate, Candidate), in rate order; ctx.stop_reason says why it ended."""
+    ctx.teacher = pack(start.model) if ctx.s.recipe.distill else None
     return list((run_s4op if ctx.s.strategy == "s4op" else run_guided)(start, ctx))
 
 
@@ -189,7 +192,7 @@ def random_bypass(current, budget, seed):
 
 def run_guided(start, ctx):
     s, current, seed = ctx.s, start, ctx.s.recipe.seeds[0]
-    base_accuracy, _ = ctx.validation(start.model)
+    base_accuracy = ctx.selection(start.model)
 
     budgets = s.target_cycles is not None or s.max_flash is not None or s.max_ram is not None
 
@@ -245,9 +248,10 @@ def run_guided(start, ctx):
         used += ctx.finetune([current], max(1, s.budget - used), s.recipe.patience, f"{label} fine-tune",
                              [seed + 1000 * m + 999])
         current.epochs = used
-        drop = 100 * (base_accuracy - current.val[0])
+        accuracy = ctx.selection(current.model)
+        drop = 100 * (base_accuracy - accuracy)
         if s.max_drop is not None and drop > s.max_drop:
-            ctx.stop_reason = (f"validation accuracy {current.val[0]:.3f} at {current.rate:.1%} pruned is {drop:.1f} points "
+            ctx.stop_reason = (f"selection accuracy {accuracy:.3f} at {current.rate:.1%} pruned is {drop:.1f} points "
                                f"below the unpruned model's {base_accuracy:.3f} (--max-drop {s.max_drop:g}); not kept")
             return
         met = cycles_met(current)

@@ -57,8 +57,9 @@ def finetune_task(task, data):
     if recipe.bn_stats == "re-estimated":
         recalibrate_norms(model, calibration, forward_fn(task["device"]))
     quantized = qat.make_qat_forward(model, calibration, task["coeff_bits"]) if task["qat"] else None
+    teacher = unpack(task["teacher"]) if recipe.distill and task.get("teacher") else None
     history = fit(model, data, seed=task["seed"], progress=task["progress"], desc=task["desc"],
-                  forward_fn=forward_fn(task["device"], quantized), **recipe.fit_options())
+                  forward_fn=forward_fn(task["device"], quantized), teacher=teacher, **recipe.fit_options())
     return {"model": pack(model), "history": history}
 
 
@@ -73,8 +74,10 @@ def damage_task(task, data):
 
 
 def selection_set(data):
-    """Validation plus the first training sequences: the UCR validation splits are ~10 sequences,
-    too few to rank candidates by their loss."""
+    """Validation plus the first training sequences: what damage, --max-drop and the pipeline's choice
+    are measured on. The UCR validation splits are ~10 sequences, where one sequence is 10 points:
+    too few to rank candidates by their loss or to resolve a 1-point drop. A drop on the training
+    sequences is damage the fine-tune did not repair, one on validation lost generalization."""
     n = SELECTION_TRAIN
     return np.concatenate([data.x_val, data.x_train[:n]]), np.concatenate([data.y_val, data.y_train[:n]])
 
