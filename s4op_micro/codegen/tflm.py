@@ -151,7 +151,7 @@ def _layer_norm(g, p, x, out, name):
     s2 = g.reshape(g.tree_sum(g.binary("MUL", col, col, f"{name}_sq"), f"{name}_s2"), [1, 1], f"{name}_s2")
     v = g.binary("SUB", g.binary("MUL", s2, np.int32([H]), f"{name}_hs2"), g.binary("MUL", s1, s1, f"{name}_s1s1"),
                  f"{name}_v")
-    w = g.binary("MUL", g.binary("ADD", v, np.int32([p.eps]), f"{name}_veps"), np.int32([1 << (2 * p.w_shift)]),
+    w = g.binary("ADD", g.binary("MUL", v, np.int32([1 << (2 * p.w_shift)]), f"{name}_w"), np.int32([p.eps]),
                  f"{name}_w")
     w = g.binary("MAXIMUM", w, np.int32([1]), f"{name}_w")
     x_k = g.binary("DIV", g.binary("ADD", g.binary("DIV", w, np.int32([256]), f"{name}_sqrt"), np.int32([256]),

@@ -190,7 +190,7 @@ class LayerNormQ:
     layer_norm_params derives the constants; reference.layer_norm is the executable form):
 
       S1 = sum q, S2 = sum q^2, V = H S2 - S1^2            (= H^2 var in input LSB^2; < 2^31 for H <= 256)
-      W = (V + eps) << 2 w_shift                           eps = torch's eps in the same units
+      W = (V << 2 w_shift) + eps                           eps = torch's eps in W's units
       R = rdiv(2^recip_bits, isqrt(max(W, 1)))             the reciprocal square root, exact integers
       per output j (input channel channels[j]):
         n   = RDBPOT((H q - S1) R, norm_shift)            normalized value at 2^-NORM_BITS (|n| < 2^15 sqrt H)

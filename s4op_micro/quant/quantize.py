@@ -328,20 +328,23 @@ def layer_norm_params(ln, channels, t_in, t_out):
     """The integer LayerNorm (qmodel.LayerNormQ) of float (gamma, beta, eps) over H channels, input
     quantized as t_in, output t_out, computing the outputs for `channels`.
 
-    Bounds (H <= 256): V = H S2 - S1^2 <= H^2 255^2 / 4 < 2^31 - eps; w_shift = the largest k with
-    (Vmax + eps) 4^k < 2^31 (more bits for the square root). With S = isqrt(W) and R = rdiv(2^P, S),
+    Bounds (H <= 256): V = H S2 - S1^2 <= H^2 255^2 / 4 < 2^31; w_shift = the largest k <= 15 with
+    (Vmax + eps) 4^k < 2^31 (more bits for the square root), W = V 4^k + eps 4^k. With S = isqrt(W) and R = rdiv(2^P, S),
     |H q - S1| <= sqrt((H-1) V) and sqrt(W) < S + 1 give |(H q - S1) R| < 2.1 sqrt(H-1) 2^(P-k): P - k
     is chosen so that this stays below 2^30."""
     gamma, beta, eps = (np.asarray(ln[0], np.float64), np.asarray(ln[1], np.float64), float(ln[2]))
     H, channels = len(gamma), np.asarray(channels, np.int64)
     s_in = t_in.scale
     v_max = (H * H * 255 * 255) // 4
-    eps_q = int(min(round(eps * H * H / (s_in * s_in)), 2 ** 31 - 1 - v_max))   # eps in V's units (clamped)
+    eps_v = eps * H * H / (s_in * s_in)            # eps in V's units
     w_shift = 0
-    while (v_max + eps_q) << (2 * w_shift + 2) < 2 ** 31:
+    while w_shift < 15 and (v_max + eps_v) * 4.0 ** (w_shift + 1) < 2 ** 31:
         w_shift += 1
-    frac = int(math.floor(math.log2(2.0 ** 30 / (2.1 * math.sqrt(max(H - 1, 1))))))   # P - k
-    w_shift = min(w_shift, 30 - frac)              # R <= 2^P must fit int32
+    # eps in W's units (4^k finer than V's: it matters when V is a few units), clamped to the int32 room
+    eps_q = int(min(round(eps_v * 4 ** w_shift), 2 ** 31 - 1 - (v_max << (2 * w_shift))))
+    # P - k: as large as |(H q - S1) R| < 2^30 allows, but P <= 30 (R <= 2^P is an int32); the square root
+    # (S >= 2^k H std) then keeps >= 7 bits at std >= 1 LSB for any H, the reciprocal (R S = 2^P) the rest
+    frac = min(int(math.floor(math.log2(2.0 ** 30 / (2.1 * math.sqrt(max(H - 1, 1)))))), 30 - w_shift)
     recip_bits = frac + w_shift
     g, b = gamma[channels], beta[channels]
     # |gamma| at least |beta| 2^NORM_BITS / LN_BIAS_LIMIT (and > 0): a smaller gamma moves the output by

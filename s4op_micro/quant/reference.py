@@ -21,7 +21,7 @@ MultiplyByQuantizedMultiplier; see docs/integer_contract.md):
   p  = rdiv(128 * pool, max(t + 1 - pool_start, 1))       int16 mean (scale s_h/128, zp 0), half away
 
   LN(q) (qmodel.LayerNormQ, `layer_norm`): S1, S2 sums over the H channels, V = H S2 - S1^2,
-    W = (V + eps) << 2k, R = rdiv(2^P, isqrt(max(W, 1))), n = RDBPOT((H q - S1) R, F),
+    W = (V << 2k) + eps, R = rdiv(2^P, isqrt(max(W, 1))), n = RDBPOT((H q - S1) R, F),
     out = sat8(z + MBQM(sign n + bias))
   scores = FC_dec(p)                                      16x8 FULLY_CONNECTED
 
@@ -135,10 +135,10 @@ def isqrt(v):
 
 
 def layer_norm_recip(p, s1, s2):
-    """R = rdiv(2^P, isqrt(max(W, 1))), W = (H S2 - S1^2 + eps) << 2k: the reciprocal square root of
+    """R = rdiv(2^P, isqrt(max(W, 1))), W = ((H S2 - S1^2) << 2k) + eps: the reciprocal square root of
     the step's variance (plus eps), at 2^(P - k) over the normalized units of H q - S1."""
     v = p.width * s2 - s1 * s1
-    w = (v + p.eps) << (2 * p.w_shift)
+    w = (v << (2 * p.w_shift)) + p.eps
     assert np.all((v >= 0) & (w < 2**31)), "LayerNorm variance overflow"
     return im.rdiv(np.int64(1) << p.recip_bits, isqrt(np.maximum(w, 1)))
 
