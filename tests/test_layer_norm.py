@@ -157,3 +157,31 @@ def test_int32_bounds_hold_on_the_worst_inputs(H):
         _, p, _, _ = _quantized_ln(H, rng, scale=scale, eps=eps)
         out = layer_norm(p, q)
         assert out.shape == q.shape and np.all(np.abs(p.acc_bound()) < 2**30)
+
+
+@pytest.mark.parametrize("prenorm,pooling", [(False, "mean"), (True, "causal_half")])
+def test_qat_forward_follows_the_integer_layer_norm(prenorm, pooling):
+    """`finetune --qat` covers LayerNorm and causal_half: its fake-quantized forward (float LayerNorm,
+    output on the int8 grid) gives the integer reference's scores to within a few output steps."""
+    import torch
+
+    from s4op_micro.data import load_dataset
+    from s4op_micro.models import SequenceClassifier
+    from s4op_micro.quant.qat import make_qat_forward
+    from s4op_micro.quant.reference import IntegerReference
+
+    data = load_dataset(name="gunpoint")
+    torch.manual_seed(0)
+    m = SequenceClassifier(1, 2, d_model=12, d_state=8, n_layers=2, norm="layer", prenorm=prenorm, pooling=pooling,
+                           seq_len=data.x_train.shape[1]).eval()
+    with torch.no_grad():
+        for ln in m.norms:
+            ln.weight.uniform_(0.5, 1.5)
+            ln.bias.uniform_(-0.5, 0.5)
+    fwd = make_qat_forward(m, data.x_train[:64], 16)
+    with torch.no_grad():
+        fake = fwd(m, torch.as_tensor(data.x_test[:40], dtype=torch.float32)).numpy()
+    q = fwd.q
+    ref = q.dequantize_scores(IntegerReference(q).run(q.quantize_input(data.x_test[:40])))
+    steps = np.abs(fake - ref) / q.tensors["logits"].scale
+    assert np.median(steps) <= 2 and steps.max() <= 8, (np.median(steps), steps.max())
