@@ -2,7 +2,8 @@
 
   QuantizedModel
     meta: Meta                       shapes and export options
-    tensors: {name: TensorQ}         every activation's (scale, zero point): x, h0, y0, g0, a0, b0, z0, r0, ...
+    tensors: {name: TensorQ}         every activation's (scale, zero point): x, h0, (n0: pre-norm LayerNorm), y0, g0,
+                                     a0, b0, z0, r0, ...
     enc, dec: FullyConnected         encoder x -> h0, decoder (16x8) pool -> logits
     layers: [Layer]                  ssm: Recurrence, gelu/sigmoid tables, fc_a/fc_b: FullyConnected (the GLU
                                      mixer halves), mul: GluMul, add: ResidualAdd, post: PostNorm (BatchNorm) or
