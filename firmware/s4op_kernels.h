@@ -156,6 +156,33 @@ static inline int32_t requant_wide(int32_t x, const s4op_requant_t *q)
 }
 
 /* @phase caller */
+/* ---- LayerNorm's reciprocal square root (quant/reference.py layer_norm_recip) ----
+ * floor(sqrt(v)) digit by digit: shifts, adds and compares only (no multiply, no table, exact; the
+ * same integer as any exact method, so the numpy reference and the TFLM graph use their own) */
+static inline uint32_t isqrt32(uint32_t v)
+{
+    uint32_t root = 0, bit = (uint32_t)1 << 30;
+    while (bit > v)
+        bit >>= 2;
+    for (; bit; bit >>= 2) {
+        if (v >= root + bit) {
+            v -= root + bit;
+            root = (root >> 1) + bit;
+        } else {
+            root >>= 1;
+        }
+    }
+    return root;
+}
+
+/* rdiv(2^bits, isqrt(max(w, 1))): one 32-bit division per timestep (bits <= 30) */
+static inline int32_t norm_recip(uint32_t w, int bits)
+{
+    const uint32_t s = isqrt32(w ? w : 1u);
+    return (int32_t)((((uint32_t)1 << bits) + (s >> 1)) / s);
+}
+
+/* @phase caller */
 /* ---- one complex mode of the recurrence, in place (docs/integer_contract.md "One step"):
  *   x~ = sat16((A x~ + in + 2^14) >> 15), re and im; the real input u b + in14, b = 2^sh, in14 = K + 2^14;
  *   cb = {c, b} (the mode's constants, adjacent);

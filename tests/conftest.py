@@ -40,14 +40,17 @@ def assert_clean_error(capsys, out, *argv, match=""):
 
 def random_model(draw, st, max_channels=9, state_sizes=(2, 4, 6, 8)):
     """A random small classifier (hypothesis draws): S4D or S4, 1-2 layers, operators active,
-    bypassed or removed at random, pre- or post-norm, random BatchNorm statistics, sometimes a
-    pruned mode and a slow channel (|dA| ~ 0.9995). Returns (model, seed)."""
+    bypassed or removed at random, pre- or post-norm, BatchNorm (random statistics) or LayerNorm
+    (random gamma, beta; sometimes a large eps), mean or causal_half pooling (random seq_len),
+    sometimes a pruned mode and a slow channel (|dA| ~ 0.9995). Returns (model, seed)."""
     H = draw(st.integers(1, max_channels))
     n_layers = draw(st.integers(1, 2))
     ssm = draw(st.sampled_from(["s4d", "s4"]))
     N = draw(st.sampled_from(list(state_sizes)))
     C, K = draw(st.integers(1, 3)), draw(st.integers(2, 4))
     prenorm = draw(st.booleans())
+    norm = draw(st.sampled_from(["batch", "layer"]))
+    pooling, seq_len = draw(st.sampled_from([("mean", None), ("causal_half", 2), ("causal_half", 9), ("causal_half", 40)]))
     seed = draw(st.integers(0, 10_000))
     rng = np.random.default_rng(seed)
     active, removed = [], []
@@ -58,14 +61,18 @@ def random_model(draw, st, max_channels=9, state_sizes=(2, 4, 6, 8)):
         active.append([c for c in range(H) if role[c] == 0])
         removed.append([c for c in range(H) if role[c] == 2])
     torch.manual_seed(seed)
-    m = SequenceClassifier(C, K, d_model=H, d_state=N, n_layers=n_layers, ssm=ssm, prenorm=prenorm,
-                           dt_min=1e-3, dt_max=0.5, active_operators=active, removed_operators=removed)
+    m = SequenceClassifier(C, K, d_model=H, d_state=N, n_layers=n_layers, ssm=ssm, prenorm=prenorm, norm=norm,
+                           pooling=pooling, seq_len=seq_len, dt_min=1e-3, dt_max=0.5, active_operators=active,
+                           removed_operators=removed)
     with torch.no_grad():
-        for bn in m.norms:
-            bn.running_mean.uniform_(-1, 1)
-            bn.running_var.uniform_(0.3, 3)
-            bn.weight.uniform_(-2, 2)
-            bn.bias.uniform_(-1, 1)
+        for nm in m.norms:
+            if norm == "batch":
+                nm.running_mean.uniform_(-1, 1)
+                nm.running_var.uniform_(0.3, 3)
+            elif rng.random() < 0.3:
+                nm.eps = 0.3                                   # eps comparable to the variance: it matters
+            nm.weight.uniform_(-2, 2)
+            nm.bias.uniform_(-1, 1)
         for layer in m.layers:
             if ssm == "s4d" and len(layer.active) and draw(st.booleans()):
                 layer.kernel.mode_mask[0, 0] = 0               # a pruned mode: ragged mode counts

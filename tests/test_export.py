@@ -202,14 +202,15 @@ def test_bad_inputs(trained, tmp_path, capsys):
     torch.save({**ckpt, "metrics": {}}, tmp_path / "untrained.pt")
     assert_clean_error(capsys, out, "export", tmp_path / "untrained.pt", "--board", "cortex-m4", "--out", out,
                        match="untrained")
-    # unsupported layer: LayerNorm
-    cfg = dict(ckpt["config"], norm="layer")
+    # LayerNorm wider than the int32 variance holds
+    cfg = dict(ckpt["config"], norm="layer", d_model=257, d_state=2, n_layers=1)
     from s4op_micro.models import SequenceClassifier
 
     ln = SequenceClassifier.from_config(cfg)
-    torch.save({**ckpt, "config": cfg, "state_dict": ln.state_dict()}, tmp_path / "ln.pt")
+    torch.save({**ckpt, "config": cfg, "state_dict": ln.state_dict(), "active_operators": ln.active_operators,
+                "removed_operators": ln.removed_operators}, tmp_path / "ln.pt")
     assert_clean_error(capsys, out, "export", tmp_path / "ln.pt", "--board", "cortex-m4", "--out", out,
-                       match="unsupported layer: LayerNorm")
+                       match="LayerNorm over d_model=257")
     # a layer with zero operators left (every channel removed)
     torch.save({**ckpt, "active_operators": [[], list(range(32))], "removed_operators": [list(range(32)), []],
                 "state_dict": SequenceClassifier.from_config(ckpt["config"], [[], list(range(32))],

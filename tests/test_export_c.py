@@ -78,9 +78,10 @@ def test_random_models_bit_exact_scalar_and_dsp(tmp_path_factory, case):
     check_exact(m, seed, bits, L, tmp_path_factory.mktemp("dsp"), dsp=True)
 
 
-def _slow_model(prenorm=False):
+def _slow_model(prenorm=False, norm="batch"):
     torch.manual_seed(0)
-    m = SequenceClassifier(1, 2, d_model=3, d_state=4, n_layers=1, prenorm=prenorm)
+    m = SequenceClassifier(1, 2, d_model=3, d_state=4, n_layers=1, prenorm=prenorm, norm=norm,
+                           pooling="causal_half" if norm == "layer" else "mean", seq_len=10)
     with torch.no_grad():
         m.layers[0].kernel.log_dt.fill_(-7.0)
     return m.eval()
@@ -105,14 +106,15 @@ def test_state_saturation_is_counted_not_silent(tmp_path):
     assert np.array_equal(s2, ref2.run(ref2.quantize_input(calib))) and c2["sat_state"] == ref2.sat_state == 0
 
 
-@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("bits,norm", [(8, "batch"), (16, "batch"), (8, "layer")])
 @pytest.mark.parametrize("prenorm", [False, True])
-def test_cross_compiles_clean_for_cortex_m(tmp_path, bits, prenorm):
+def test_cross_compiles_clean_for_cortex_m(tmp_path, bits, prenorm, norm):
     """-Wall -Wextra -Werror -pedantic -std=c99 for M0+ (scalar), M4 and M7 (DSP path), also without
-    float helpers and with the profiling/debug hooks; the DSP build really uses the SIMD instructions."""
+    float helpers and with the profiling/debug hooks; the DSP build really uses the SIMD instructions.
+    (LayerNorm models: with causal_half pooling.)"""
     gcc = shutil.which("arm-none-eabi-gcc")
     assert gcc, "arm-none-eabi-gcc is part of the toolchain (scripts/setup.sh)"
-    m = _slow_model(prenorm)
+    m = _slow_model(prenorm, norm)
     q = quantize_model(m, np.random.default_rng(0).normal(size=(3, 20, 1)), coeff_bits=bits)
     render_c(q, tmp_path, test=(np.zeros((1, 4, 1), np.int8), [1], np.zeros((1, 2), np.int8)))
     for cpu in ("cortex-m0plus", "cortex-m4", "cortex-m7"):

@@ -10,6 +10,8 @@ calibration ranges to float64 round-off (the readout is an FFT convolution, the 
 basis x / dB), and the quantized model built from them must be identical."""
 
 import dataclasses
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -41,7 +43,11 @@ def slow_run_float(g, x, ranges=None, all_steps=False):
         h = x[:, t] @ g.W_enc.T + g.b_enc
         see("h0", h)
         for i, fl in enumerate(g.layers):
-            u = fl.alpha * h[:, fl.channels] + fl.beta
+            if g.prenorm and fl.ln is not None:
+                u = slow_layer_norm(h, *fl.ln)[:, fl.channels]
+                see(f"n{i}", u)
+            else:
+                u = fl.alpha * h[:, fl.channels] + fl.beta
             states[i] = fl.dA * states[i] + fl.dB * np.repeat(u, np.diff(fl.mode_start), axis=1)
             if ranges is not None:
                 ranges.see_state(i, states[i])
@@ -54,13 +60,39 @@ def slow_run_float(g, x, ranges=None, all_steps=False):
             see(f"z{i}", z)
             r = h + z
             see(f"r{i}", r)
-            h = r if g.prenorm else fl.post_scale * r + fl.post_shift
+            if g.prenorm:
+                h = r
+            else:
+                h = slow_layer_norm(r, *fl.ln) if fl.ln is not None else fl.post_scale * r + fl.post_shift
             see(f"h{i + 1}", h)
-        pooled += h
-        logits = (pooled / (t + 1)) @ g.W_dec.T + g.b_dec
+        if t >= g.pool_start:
+            pooled += h
+        logits = (pooled / max(t + 1 - g.pool_start, 1)) @ g.W_dec.T + g.b_dec
         see("logits", logits)
         out.append(logits)
     return np.stack(out, axis=1) if all_steps else out[-1]
+
+
+def slow_layer_norm(x, gamma, beta, eps):
+    mu = x.mean(axis=1, keepdims=True)
+    return (x - mu) / np.sqrt(x.var(axis=1, keepdims=True) + eps) * gamma + beta
+
+
+def slow_int_layer_norm(p, q):
+    """The integer LayerNorm of qmodel.LayerNormQ one sequence at a time, in Python integers."""
+    out = np.zeros((len(q), len(p.channels)), np.int64)
+    for k, row in enumerate(q.tolist()):
+        s1, s2 = sum(row), sum(v * v for v in row)
+        w = ((p.width * s2 - s1 * s1) << (2 * p.w_shift)) + p.eps
+        assert 0 <= w < 2**31
+        root = max(math.isqrt(w), 1)
+        recip = ((1 << p.recip_bits) + root // 2) // root
+        for j, c in enumerate(p.channels.tolist()):
+            t = (p.width * row[c] - s1) * recip
+            n = (abs(t) + (1 << (p.norm_shift - 1))) >> p.norm_shift
+            n = -n if t < 0 else n
+            out[k, j] = slow_mbqm(int(p.sign[j]) * n + int(p.bias[j]), p.rq.mult[j], p.rq.shift[j]) + p.out_zp
+    return out
 
 
 def slow_mbqm(x, M, shift):
@@ -110,7 +142,9 @@ class SlowReference:
             for i, layer in enumerate(q.layers):
                 s = layer.ssm
                 ms = np.asarray(s.mode_start)
-                u = h[:, s.channels] - s.in_zp
+                ln = layer.layer_norm
+                pre_ln = ln is not None and q.meta.prenorm
+                u = (self.sat8(slow_int_layer_norm(ln, h)) if pre_ln else h[:, s.channels]) - s.in_zp
                 um = np.repeat(u, np.diff(ms), axis=1)
                 xr, xi, nsat = state_update(s.a_re, s.a_im, *st_[i], um * (np.int64(1) << s.sh) + s.k)
                 self.sat_state += nsat
@@ -127,10 +161,15 @@ class SlowReference:
                 if layer.post is not None:
                     p = layer.post
                     r = self.sat8(slow_mbqm(p.w * (r - p.in_zp) + p.bias, p.rq.mult, p.rq.shift) + p.out_zp)
+                elif ln is not None and not pre_ln:
+                    r = self.sat8(slow_int_layer_norm(ln, r))
                 h = r
-            pool += h - z_last
+            start = q.meta.pool_start
+            if t >= start:
+                pool += h - z_last
             if every_step or t == L - 1:
-                p = np.sign(pool) * ((np.abs(pool * POOL_FRAC) + (t + 1) // 2) // (t + 1))
+                m = max(t + 1 - start, 1)
+                p = np.sign(pool) * ((np.abs(pool * POOL_FRAC) + m // 2) // m)
                 out.append(self.fc(q.dec, p).astype(np.int8))
         return np.stack(out, axis=1) if every_step else out[-1]
 

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from s4op_micro.models.checkpoint import load_model
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, run_cli, run_cli_json
 from s4op_micro.cli import main
 from s4op_micro.data import load_dataset
 from s4op_micro.core.errors import UserError
@@ -353,15 +353,22 @@ def test_export_of_an_imported_batchnorm_s4op_model(imported, tmp_path, capsys):
     assert rep["float_int_agreement"] >= 0.9 and (out / "include" / "s4op_model.h").exists()
 
 
-def test_export_refuses_what_the_integer_model_lacks(imported, tmp_path, capsys):
-    out = tmp_path / "ex"
-    assert_clean_error(capsys, out, "export", imported["s4op-layer-postnorm"], "--board", "cortex-m7", "--out", out,
-                       match="unsupported layer: LayerNorm")
-    assert_clean_error(capsys, out, "export", imported["example-postnorm"], "--board", "cortex-m7", "--out", out,
-                       match="unsupported layer: LayerNorm")
-    # causal_half is checked first (the model also has LayerNorm)
-    assert_clean_error(capsys, out, "export", imported["s4op-layer-prenorm-causal"], "--board", "cortex-m7",
-                       "--out", out, match="unsupported pooling: causal_half")
+def test_imported_layernorm_models_export_and_run_bit_exact(imported, tmp_path, capsys):
+    """example.py's post-norm LayerNorm model: exported, the C in QEMU on cortex-m7 and cortex-m0plus and
+    the TFLM runtime agree with the integer reference on every test sequence; S4oP's pre-norm LayerNorm
+    model with causal_half pooling likewise on the host (and in TFLM)."""
+    for name, runs in (("example-postnorm", [("--emulator", "qemu", "--board", "cortex-m7"),
+                                             ("--emulator", "qemu", "--board", "cortex-m0plus"), ("--runtime", "tflm")]),
+                       ("s4op-layer-prenorm-causal", [("--host",), ("--runtime", "tflm")])):
+        out = tmp_path / name
+        code, stdout, err = run_cli(capsys, "export", imported[name], "--board", "cortex-m7", "--out", out,
+                                    "--formats", "c,tflm", "--test-vectors", 2, "--json")
+        assert code == 0, err
+        rep = json.loads(stdout)
+        assert rep["float_int_agreement"] >= 0.9, (name, rep["float_int_agreement"])
+        for run in runs:
+            code, res, err = run_cli_json(capsys, "run", out, *run, "--dataset", "gunpoint", "--limit", 6, "--json")
+            assert code == 0 and res["mismatches"] == 0 and res["n_sequences"] == 6, (name, run, res, err)
 
 
 def test_finetune_takes_an_imported_model(imported, tmp_path, capsys):

@@ -11,6 +11,8 @@ from s4op_micro.core.errors import UserError
 from s4op_micro.deploy import export
 from s4op_micro.cli.export import format_profile
 from s4op_micro.measure import profile as prof
+from s4op_micro.models import SequenceClassifier
+from s4op_micro.models.checkpoint import load_model, save_checkpoint
 
 H, N, LAYERS = 8, 8, 2
 STEP_PHASES = ["encoder", "norm", "ssm", "readout", "gelu", "mixer", "glu", "residual", "requant", "pool", "decoder"]
@@ -111,3 +113,38 @@ def test_generated_model_carries_the_markers(profiled):
 def test_incomplete_plugin_output_is_an_error():
     with pytest.raises(UserError, match="no complete profile"):
         prof.parse_plugin_output("S4OPPROF 1\nB 0 100 1 1 100\n")
+
+
+@pytest.fixture(scope="module", params=[("cortex-m7", False), ("cortex-m0plus", True)])
+def profiled_layer_norm(request, tmp_path_factory):
+    """A LayerNorm model (post-norm on cortex-m7, pre-norm with causal_half pooling on cortex-m0plus)."""
+    cpu, prenorm = request.param
+    root = tmp_path_factory.mktemp("profile_ln")
+    args = ["--prenorm"] if prenorm else []
+    assert main(["train", "--dataset", "gunpoint", "--out", str(root / "train"), "--epochs", "1", "--d-model", str(H),
+                 "--d-state", str(N), "--n-layers", str(LAYERS), "--norm", "layer", *args, "--quiet", "--seed", "0"]) == 0
+    ckpt = root / "train" / "model.pt"
+    if prenorm:
+        model, saved = load_model(ckpt)
+        model = SequenceClassifier.from_config(dict(model.config, pooling="causal_half", seq_len=150),
+                                               model.active_operators, model.removed_operators)
+        model.load_state_dict(saved["state_dict"])
+        save_checkpoint(ckpt, model, saved["normalization"], saved["dataset"], saved["metrics"])
+    export(ckpt, board=cpu, out=root / "export", test_vectors=2)
+    return root / "export", prof.profile_export(root / "export")
+
+
+def test_layer_norm_has_a_norm_row_per_layer(profiled_layer_norm):
+    """`run --emulator qemu --profile` on a LayerNorm model: one `norm` row per layer (the statistics, the
+    square root, the reciprocal and the per-channel outputs), its MACs H + 3 outputs per step, and the
+    phases still add up to the firmware's own count."""
+    _, p = profiled_layer_norm
+    print(f"\n{p.cpu}: LayerNorm instructions per step " + ", ".join(
+        f"layer {r.layer}: {r.instructions / p.steps:.0f}" for r in p.rows if r.phase == "norm"))
+    norm = {r.layer: r for r in p.rows if r.phase == "norm"}
+    assert set(norm) == set(range(LAYERS)), format_profile(p)
+    n_out = H                                            # post-norm: all H; pre-norm: the kept channels (all here)
+    for r in norm.values():
+        assert r.instructions > 0 and r.macs == (H + 3 * n_out) * p.steps
+    assert sum(r.instructions for r in p.rows) == p.step_instructions
+    assert abs(p.difference) <= TOLERANCE_PER_STEP * p.steps, format_profile(p)

@@ -80,8 +80,8 @@ def register(sub):
     p.add_argument("--augment", help=f"comma list of {', '.join(AUGMENTATIONS)}, or none (default: per dataset)")
     p.add_argument("--ssm", choices=sorted(KERNELS), default="s4d", help="layer kind (default s4d)")
     p.add_argument("--norm", choices=["batch", "layer"], default="batch",
-                   help="batch (default; folded into the integer model at export) or layer (trains and evaluates, "
-                        "but `export` cannot convert LayerNorm to integers yet)")
+                   help="batch (default; folded into the integer model at export) or layer (an integer LayerNorm "
+                        "per step at export: a few %% more instructions)")
     p.add_argument("--prenorm", action="store_true", help="pre-norm blocks (default post-norm)")
     p.add_argument("--dropout", type=in_range(0, 1), default=0.0, help="dropout in [0, 1) (default 0)")
     p.add_argument("--init", choices=["lin", "inv", "real"], default="lin", help="S4D initialization (default lin)")

@@ -103,11 +103,23 @@ def _layer_ctx(q, i, L, off):
     ctx["add_out"] = _rq(a.out)
     ctx["add_narrow"] = _narrow(a.out, int(np.abs(t1).max() + np.abs(t2).max()))
     ctx["post"] = L.post is not None
+    ctx["ln"], ctx["pre_ln"] = _norm_ctx(L.layer_norm), L.layer_norm is not None and q.meta.prenorm
     if L.post is not None:
         ctx["post_in_zp"], ctx["post_out_zp"] = L.post.in_zp, L.post.out_zp
         ctx["post_left"] = _left(L.post.rq)
         ctx["post_narrow"] = _narrow(L.post.rq, 255 * np.abs(L.post.w) + np.abs(L.post.bias))
     return ctx
+
+
+def _norm_ctx(p):
+    """The LayerNorm of a layer (qmodel.LayerNormQ) for the template, or None."""
+    if p is None:
+        return None
+    rows = [{"index": int(p.channels[j]), "sign": int(p.sign[j]), "bias": int(p.bias[j]), "out": _rq(p.rq, j)}
+            for j in range(len(p.channels))]
+    return {"n_out": len(rows), "rows": rows, "eps": p.eps, "w_shift": p.w_shift, "recip_bits": p.recip_bits,
+            "norm_shift": p.norm_shift, "half": 1 << (p.norm_shift - 1), "out_zp": p.out_zp,
+            "narrow": _narrow(p.rq, p.acc_bound()), "left": _left(p.rq)}
 
 
 def template_context(q, source="model"):
@@ -120,7 +132,8 @@ def template_context(q, source="model"):
     tensors = {k: {"scale": t.scale, "zero_point": t.zero_point} for k, t in q.tensors.items()}
     return {"version": __version__, "source": source, "meta": meta, "tensors": tensors, "layers": layers,
             "enc": _fc_ctx(q.enc), "dec": _fc_ctx(q.dec, 32768), "coeff_bits": q.meta.coeff_bits, "total_modes": off,
-            "max_kp": max([l["Kp"] for l in layers] + [8]), "pool_frac": qz.POOL_FRAC,
+            "max_kp": max([l["Kp"] for l in layers] + [8]), "pool_frac": qz.POOL_FRAC, "pool_start": q.meta.pool_start,
+            "any_pre_ln": any(l["pre_ln"] for l in layers),
             "pool_zp": q.tensors[f"h{len(q.layers)}"].zero_point}
 
 

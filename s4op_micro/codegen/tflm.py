@@ -19,9 +19,14 @@ The graph reproduces the integer reference (reference.py) bit for bit with built
     y    = QUANTIZE per channel (int32 -> int8), scale pairs chosen so that TFLM derives our (M_c, S_c)
     g    = GATHER(GELU table, y + 128)          this TFLM has no GELU kernel; the table is exact
     a, b = FULLY_CONNECTED(g) x 2;  s = GATHER(sigmoid table, b + 128);  z = MUL(a, s);  r = ADD(h, z)
-    h    = post-norm ? DEPTHWISE_CONV_2D 1x1 (r) : r
-  pool += h - z_h;  n += 1                                              int32 variables
-  p  = rdiv(128 pool, n) = DIV(MAX(128 pool, 0) + n/2, n) + DIV(MIN(128 pool, 0) - n/2, n)
+    h    = post-norm ? DEPTHWISE_CONV_2D 1x1 (r) (BatchNorm) or LN(r) : r   (pre-norm LN: u from LN(h))
+  pool += (h - z_h) [n > pool_start];  n += 1                          int32 variables (causal_half:
+                                                                        MIN(MAX(n - start, 0), 1) gates)
+  p  = rdiv(128 pool, m) = DIV(MAX(128 pool, 0) + m/2, m) + DIV(MIN(128 pool, 0) - m/2, m),
+       m = MAX(n - pool_start, 1)
+  LN = the integer LayerNorm (reference.layer_norm) in int32 ops, exact: S1, S2 by tree sums, V, W by
+       MUL/SUB/ADD, isqrt(W) by ISQRT_NEWTON_STEPS integer Newton steps (DIV; the MINIMUM of the last
+       two is floor(sqrt(W)), checked over W up to 2^31), R and RDBPOT by DIV, then QUANTIZE per channel
   scores = QUANTIZE per class (tree-sum(p^T * W_dec^T) + bias)          (TFLM's 16x8 FULLY_CONNECTED
            writes int16 with a 16-bit multiplier; the int32 route keeps our int8 requantization)
 
@@ -62,6 +67,7 @@ RESOLVER_METHODS = {
     "READ_VARIABLE": "AddReadVariable", "RESHAPE": "AddReshape", "SPLIT": "AddSplit", "SPLIT_V": "AddSplitV",
     "SUB": "AddSub", "VAR_HANDLE": "AddVarHandle",
 }
+ISQRT_NEWTON_STEPS = 12      # x <- (x + W/x)/2 from (2^8 + W/2^8)/2: floor(sqrt(W)) for W < 2^31 after 11
 STATE_SCALE = 2.0 ** -15      # R's scale: the 16x16 product is shifted back by 15 bits
 TEST_STEPS_MAX = 1024         # main.cc streams at most this many steps of its test sequence
 
@@ -103,15 +109,18 @@ def _layer(g, q, i, layer, h):
     ssm_ch = [k for k in range(len(n_modes)) if n_modes[k] > 0]
     perm = np.array(ssm_ch + [k for k in range(len(n_modes)) if n_modes[k] == 0])
     K, Ka, z_h = len(perm), len(ssm_ch), int(s.in_zp)
-    channels = np.asarray(s.channels)[perm]
-    # skip and bias: d*h + (bias - d*z_h), int32 (1, K)
-    hk = g.op("GATHER", [h, g.const(f"l{i}_kept", channels.astype(np.int32), "int32")],
-              [g.like(h, f"l{i}_hk", shape=[1, K], **g.qkwargs(h))], axis=1)
+    pre_ln = layer.layer_norm is not None and q.meta.prenorm
+    # the SSM input: h (channel s.channels[j]) or, pre-norm LayerNorm, LN(h) of the kept channels (position j)
+    src, src_index = (_layer_norm(g, layer.layer_norm, h, T[f"n{i}"], f"l{i}_ln"), np.arange(K)) if pre_ln \
+        else (h, np.asarray(s.channels))
+    # skip and bias: d*u + (bias - d*z_u), int32 (1, K)
+    hk = g.op("GATHER", [src, g.const(f"l{i}_kept", src_index[perm].astype(np.int32), "int32")],
+              [g.like(src, f"l{i}_hk", shape=[1, K], **g.qkwargs(src))], axis=1)
     d = np.asarray(s.d)[perm]
     acc = g.binary("MUL", g.cast(hk, "int32", f"l{i}_hk32"), d.reshape(1, K).astype(np.int32), f"l{i}_du")
     acc = g.binary("ADD", acc, (np.asarray(s.bias)[perm] - d * z_h).reshape(1, K).astype(np.int32), f"l{i}_du")
     if Ka:
-        ssum = _recurrence(g, i, s, ssm_ch, h, H)
+        ssum = _recurrence(g, i, s, ssm_ch, src, src_index)
         if Ka < K:
             zeros = g.const(f"l{i}_bypass0", np.zeros((1, K - Ka), np.int32), "int32")
             ssum = g.op("CONCATENATION", [ssum, zeros], [g.tensor(f"l{i}_ssum", "int32", [1, K])], axis=1)
@@ -128,10 +137,50 @@ def _layer(g, q, i, layer, h):
     r = g.op("ADD", [h, z], [g.tensor(f"l{i}_r", "int8", [1, H], tr.scale, tr.zero_point)])
     if layer.post is not None:
         r = _post_norm(g, r, layer.post, T[f"h{i + 1}"], f"l{i}_post")
+    elif layer.layer_norm is not None and not pre_ln:
+        r = _layer_norm(g, layer.layer_norm, r, T[f"h{i + 1}"], f"l{i}_ln")
     return r, Ka > 0
 
 
-def _recurrence(g, i, s, ssm_ch, h, H):
+def _layer_norm(g, p, x, out, name):
+    """int8 (1, H) -> int8 (1, len(p.channels)): reference.layer_norm in exact int32 ops."""
+    H, n_out = p.width, len(p.channels)
+    q32 = g.cast(x, "int32", f"{name}_q")
+    col = g.reshape(q32, [H, 1], f"{name}_col")
+    s1 = g.reshape(g.tree_sum(col, f"{name}_s1"), [1, 1], f"{name}_s1")
+    s2 = g.reshape(g.tree_sum(g.binary("MUL", col, col, f"{name}_sq"), f"{name}_s2"), [1, 1], f"{name}_s2")
+    v = g.binary("SUB", g.binary("MUL", s2, np.int32([H]), f"{name}_hs2"), g.binary("MUL", s1, s1, f"{name}_s1s1"),
+                 f"{name}_v")
+    w = g.binary("ADD", g.binary("MUL", v, np.int32([1 << (2 * p.w_shift)]), f"{name}_w"), np.int32([p.eps]),
+                 f"{name}_w")
+    w = g.binary("MAXIMUM", w, np.int32([1]), f"{name}_w")
+    x_k = g.binary("DIV", g.binary("ADD", g.binary("DIV", w, np.int32([256]), f"{name}_sqrt"), np.int32([256]),
+                                   f"{name}_sqrt"), np.int32([2]), f"{name}_sqrt")
+    for _ in range(ISQRT_NEWTON_STEPS):                     # integer Newton steps from above
+        prev = x_k
+        x_k = g.binary("DIV", g.binary("ADD", x_k, g.binary("DIV", w, x_k, f"{name}_sqrt"), f"{name}_sqrt"),
+                       np.int32([2]), f"{name}_sqrt")
+    root = g.binary("MINIMUM", prev, x_k, f"{name}_isqrt")   # converged: s, or s and s + 1 alternating
+    recip = g.binary("DIV", g.binary("ADD", g.binary("DIV", root, np.int32([2]), f"{name}_recip"),
+                                     np.int32([1 << p.recip_bits]), f"{name}_recip"), root, f"{name}_recip")
+    if n_out != H or not np.array_equal(p.channels, np.arange(H)):    # (TFLM's GATHER takes int8, not int32)
+        xc = g.op("GATHER", [x, g.const(f"{name}_ch", np.asarray(p.channels, np.int32), "int32")],
+                  [g.like(x, f"{name}_xc", shape=[1, n_out], **g.qkwargs(x))], axis=1)
+        q32 = g.cast(xc, "int32", f"{name}_qc")
+    e = g.binary("SUB", g.binary("MUL", q32, np.int32([H]), f"{name}_hq"), s1, f"{name}_e")
+    t = g.binary("MUL", e, recip, f"{name}_t")
+    half, den = np.int32([1 << (p.norm_shift - 1)]), np.int32([1 << p.norm_shift])
+    pos = g.binary("DIV", g.binary("ADD", g.binary("MAXIMUM", t, np.int32([0]), f"{name}_pos"), half, f"{name}_pos"),
+                   den, f"{name}_pos")
+    neg = g.binary("DIV", g.binary("SUB", g.binary("MINIMUM", t, np.int32([0]), f"{name}_neg"), half, f"{name}_neg"),
+                   den, f"{name}_neg")
+    n = g.binary("ADD", pos, neg, f"{name}_n")                 # RDBPOT(t, norm_shift)
+    acc = g.binary("ADD", g.binary("MUL", n, np.asarray(p.sign, np.int32).reshape(1, -1), f"{name}_acc"),
+                   np.asarray(p.bias, np.int32).reshape(1, -1), f"{name}_acc")
+    return g.requantize(acc, p.rq.mult, p.rq.shift, out.zero_point, out.scale, name)
+
+
+def _recurrence(g, i, s, ssm_ch, h, h_index):
     """State update (16x16 BATCH_MATMUL) and the int32 readout sum of the channels with modes:
     (1, Ka) int32."""
     ms = np.asarray(s.mode_start)
@@ -168,7 +217,7 @@ def _recurrence(g, i, s, ssm_ch, h, H):
     R = np.stack([np.stack(re_row, -1), np.stack(im_row, -1)], axis=2)     # (P, Ka, 2, C), adj_y layout
     assert np.abs(R).max() <= 32767
     # LHS = [state | u and/or 128u | constants]; u is gathered per channel and broadcast over the slots
-    chan = np.asarray(s.channels)[ssm_ch].reshape(Ka, 1, 1).astype(np.int32)
+    chan = np.asarray(h_index)[ssm_ch].reshape(Ka, 1, 1).astype(np.int32)
     hc = g.op("GATHER", [h, g.const(f"l{i}_ssm_ch", chan, "int32")],
               [g.like(h, f"l{i}_hc", shape=[1, Ka, 1, 1], **g.qkwargs(h))], axis=1)
     u = g.op("CAST", [hc], [g.tensor(f"l{i}_h16", "int16", [1, Ka, 1, 1], 1.0, 0)])
@@ -212,10 +261,18 @@ def _pool_and_decode(g, q, h):
     z = int(T[f"h{q.meta.n_layers}"].zero_point)
     pool_h, pool = g.variable("s4op_pool", "int32", [1, H])
     count_h, count = g.variable("s4op_count", "int32", [1])
-    pool = g.binary("ADD", pool, g.binary("ADD", g.cast(h, "int32", "h32"), np.int32([-z]), "hz"), "pool")
     count = g.binary("ADD", count, np.int32([1]), "count")
+    hz = g.binary("ADD", g.cast(h, "int32", "h32"), np.int32([-z]), "hz")
+    start = q.meta.pool_start
+    if start:                           # causal_half: h is pooled from step `start` on (count > start)
+        after = g.binary("SUB", count, np.int32([start]), "pooled")
+        gate = g.binary("MINIMUM", g.binary("MAXIMUM", after, np.int32([0]), "gate"), np.int32([1]), "gate")
+        hz = g.binary("MUL", hz, gate, "hz")
+    pool = g.binary("ADD", pool, hz, "pool")
     g.assign(pool_h, pool)
     g.assign(count_h, count)
+    if start:
+        count = g.binary("MAXIMUM", after, np.int32([1]), "pooled")
     n = g.binary("MUL", pool, np.int32([POOL_FRAC]), "pool128")
     half = g.binary("DIV", count, np.int32([2]), "half")
     pos = g.binary("DIV", g.binary("ADD", g.binary("MAXIMUM", n, np.int32([0]), "pos"), half, "pos"), count, "pos")

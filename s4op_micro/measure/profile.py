@@ -36,7 +36,8 @@ wrap interrupt is counted by the firmware inside the step it hits).
 MACs per phase (multiplies of the int8 model, from qmodel.npz; the same counts as
 export.cgen.cost_report): encoder H*C; per layer with M complex modes in K kept channels: ssm 5M
 (4 for A x, 1 for the input 2^sh), readout 2M + K (Re(c x) per mode, D u per channel), mixer
-2*H*K, glu H (a * sigmoid(b)), norm H (post-norm BatchNorm, if present); decoder NC*H once per
+2*H*K, glu H (a * sigmoid(b)), norm H (post-norm BatchNorm) or H + 3 n_out (LayerNorm: the squares,
+then per output H q, (H q - S1) R and sign n); decoder NC*H once per
 sequence (scores on the last step only). Requantization, GELU, residual and pooling have no MACs.
 """
 
@@ -235,7 +236,9 @@ def phase_macs(q, steps, sequences):
     for i, L in enumerate(q.layers):
         M, K = L.ssm.n_modes, L.ssm.n_kept
         post = L.post is not None and not q.meta.prenorm
-        per = {"ssm": 5 * M, "readout": 2 * M + K, "mixer": 2 * H * K, "glu": H, "norm": H if post else 0}
+        ln = L.layer_norm
+        norm = H if post else (H + 3 * len(ln.channels)) if ln is not None else 0
+        per = {"ssm": 5 * M, "readout": 2 * M + K, "mixer": 2 * H * K, "glu": H, "norm": norm}
         for ph, n in per.items():
             macs[(ph, i)] += n * steps
             macs[(ph, None)] += n * steps

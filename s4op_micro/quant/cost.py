@@ -33,8 +33,9 @@ def _shapes_from_model(model):
             modes = [layer.n // 2] * len(active)
         act = dict(zip(active, modes))
         kept = [c for c in range(H) if c not in removed]
+        ln = cfg.get("norm", "batch") == "layer"
         layers.append({"modes_per_channel": [act.get(c, 0) for c in kept], "n_active": len(active),
-                       "n_removed": len(removed), "has_k": bool(cfg["prenorm"])})
+                       "n_removed": len(removed), "has_k": bool(cfg["prenorm"]) and not ln, "layer_norm": ln})
     return {"d_input": cfg["d_input"], "n_classes": cfg["n_classes"], "d_model": H, "prenorm": bool(cfg["prenorm"]),
             "layers": layers}
 
@@ -44,10 +45,15 @@ def _shapes_from_qmodel(q):
     for L in q.layers:
         s = L.ssm
         layers.append({"modes_per_channel": np.diff(s.mode_start).tolist(), "n_active": int(np.sum(s.active)),
-                       "n_removed": q.meta.d_model - s.n_kept, "has_k": s.has_k})
+                       "n_removed": q.meta.d_model - s.n_kept, "has_k": s.has_k,
+                       "layer_norm": L.layer_norm is not None})
     m = q.meta
     return {"d_input": m.d_input, "n_classes": m.n_classes, "d_model": m.d_model, "prenorm": m.prenorm,
             "layers": layers}
+
+
+def _n_kept(layer):
+    return len(layer["modes_per_channel"])
 
 
 def _fc_bytes(n_out, n_in):
@@ -73,8 +79,12 @@ def cost_report(model_or_qmodel, coeff_bits=8):
     macs = H * C + NC * H
     loads = H * ((C + 3) // 4 + 3) + NC * (H // 2 + 3) + H
     total_modes, max_kp, layers, ram_modes = 0, 8, [], 0
-    post = not sh["prenorm"]
+    pre_ln = 0
     for i, L in enumerate(sh["layers"]):
+        ln = L.get("layer_norm", False)
+        post = not sh["prenorm"] and not ln                             # post-norm BatchNorm, per mixer row
+        ln_out = (_n_kept(L) if sh["prenorm"] else H) if ln else 0       # LayerNorm outputs
+        pre_ln = max(pre_ln, ln_out if sh["prenorm"] else 0)
         mpc = L["modes_per_channel"]
         K, M = len(mpc), int(sum(mpc))
         Kp = max(8, -(-K // 8) * 8)
@@ -84,8 +94,11 @@ def cost_report(model_or_qmodel, coeff_bits=8):
         code_bytes = 4 if coeff_bits == 16 else 2                       # Q15 A word / polar (rho, phi)
         f = K * (16 + RQ) + max(M, 1) * (mode_bytes + code_bytes) + (12 * K if coeff_bits == 8 else 0)
         f += 256 + 2 * H * 2 * Kp + H * (8 + 2 * RQ + (8 + RQ if post else 0)) + 256 + 2 * 1024
-        m_macs = 7 * M + K + 2 * H * K + H + (H if post else 0)
-        m_loads = M * (2 + 1 + (1 if L["has_k"] else 0)) + 7 * K + 2 * H * (Kp // 2 + 3) + 2 * K + H * (6 + (4 if post else 0))
+        f += ln_out * (12 + RQ)                                         # s4op_norm_row_t
+        # LayerNorm: H squares, then per output H q, (H q - S1) R and sign n
+        m_macs = 7 * M + K + 2 * H * K + H + (H if post else 0) + ((H + 3 * ln_out) if ln else 0)
+        m_loads = M * (2 + 1 + (1 if L["has_k"] else 0)) + 7 * K + 2 * H * (Kp // 2 + 3) + 2 * K + H * (6 + (4 if post else 0)) \
+            + ((H + 8 * ln_out) if ln else 0)
         ram_l = 8 * max(M, 1)
         ram_modes += ram_l
         layers.append({"layer": i, "operators_active": L["n_active"], "operators_bypassed": K - L["n_active"],
@@ -94,7 +107,7 @@ def cost_report(model_or_qmodel, coeff_bits=8):
         flash += f
         macs += m_macs
         loads += m_loads
-    ram = 4 * H + 4 + ram_modes + H + 2 * max_kp + 4 + 2 * H
+    ram = 4 * H + 4 + ram_modes + H + 2 * max_kp + 4 + 2 * H + pre_ln
     code = CODE_BYTES[coeff_bits]
     return {"flash_bytes": flash + code, "const_bytes": flash, "code_bytes": code, "code_bytes_estimated": True,
             "ram_bytes": ram, "macs_per_step": macs, "loads_per_step": loads, "coeff_bits": coeff_bits,

@@ -13,8 +13,11 @@ What happens here (all exact algebra, checked against `SequenceClassifier.forwar
   beta becomes a constant state input and an output bias; for a bypassed channel y = alpha*h+beta);
   a post-norm BatchNorm after the residual add becomes a per-channel affine (`post_scale`,
   `post_shift`) on r = h + z.
+- LayerNorm cannot fold (its statistics depend on the timestep): `ln` = (gamma, beta, eps) over all H
+  channels, applied to h (pre-norm: the SSM input n = LN(h)[kept]) or to r (post-norm: h = LN(r)).
+- causal_half pooling: `pool_start` = seq_len // 2, the first step the running mean sums.
 
-LayerNorm, token embeddings and causal_half pooling are refused (UserError): BatchNorm is the MCU default.
+Token embeddings are refused (UserError).
 `run_float` runs a FloatGraph over (n, L, C) inputs layer by layer over whole sequences (the
 recurrence's readout as an FFT convolution, the state magnitudes by a cache-blocked scan) and records
 the ranges calibration needs (per tensor min/max, per mode max |state|); equal to streaming the
@@ -46,6 +49,7 @@ class FloatLayer:
     b_out: np.ndarray         # (2H,)
     post_scale: np.ndarray = None  # (H,) post-norm BatchNorm as h' = post_scale*r + post_shift
     post_shift: np.ndarray = None
+    ln: tuple = None          # LayerNorm (gamma (H,), beta (H,), eps): pre-norm on h, post-norm on r
     modes_total: int = 0      # modes before mode pruning (for reports)
 
 
@@ -63,6 +67,7 @@ class FloatGraph:
     b_dec: np.ndarray
     conversion_error: float = 0.0
     removed: list = field(default_factory=list)  # per layer, removed channel indices
+    pool_start: int = 0       # first pooled step (causal_half: seq_len // 2)
 
 
 def _np(t):
@@ -80,20 +85,40 @@ def _bn_affine(bn):
     return s, -s * mean
 
 
+LAYER_NORM_MAX_WIDTH = 256     # H S2 and S1^2 stay below 2^31 (H^2 2^14 <= 2^30)
+
+
+def _ln_params(ln):
+    """(gamma, beta, eps) of an nn.LayerNorm over the channels (no affine: 1, 0)."""
+    H = ln.normalized_shape[0]
+    gamma = _np(ln.weight) if ln.weight is not None else np.ones(H)
+    beta = _np(ln.bias) if ln.bias is not None else np.zeros(H)
+    return gamma, beta, float(ln.eps)
+
+
+def layer_norm(x, ln):
+    """float LayerNorm over the last axis (torch: biased variance, eps inside the square root)."""
+    gamma, beta, eps = ln
+    mu = x.mean(axis=-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * gamma + beta
+
+
 def check_supported(model):
     """UserError for layers the integer export does not implement."""
     if isinstance(model.encoder, nn.Embedding):
         raise UserError("unsupported layer: Embedding (token inputs); the integer export takes real-valued "
                         "sequences (train without a vocabulary)")
-    if model.config.get("pooling", "mean") != "mean":
-        raise UserError(f"unsupported pooling: {model.config['pooling']}; the integer export implements mean "
-                        "pooling only (import or train the model with --pooling mean)")
     for norm in model.norms:
         if isinstance(norm, nn.LayerNorm):
-            raise UserError("unsupported layer: LayerNorm; train with --norm batch (BatchNorm folds into the "
-                            "integer model)")
-        if not isinstance(norm, nn.BatchNorm1d) or not norm.track_running_stats:
-            raise UserError(f"unsupported layer: {type(norm).__name__}; train with --norm batch")
+            if tuple(norm.normalized_shape) != (model.config["d_model"],):
+                raise UserError(f"unsupported LayerNorm shape {tuple(norm.normalized_shape)}; the integer export "
+                                "normalizes over the channels")
+            if model.config["d_model"] > LAYER_NORM_MAX_WIDTH:
+                raise UserError(f"LayerNorm over d_model={model.config['d_model']} channels: the integer export's "
+                                f"int32 variance holds at most {LAYER_NORM_MAX_WIDTH}; use --norm batch")
+        elif not isinstance(norm, nn.BatchNorm1d) or not norm.track_running_stats:
+            raise UserError(f"unsupported layer: {type(norm).__name__}; train with --norm batch or layer")
     for i, layer in enumerate(model.layers):
         kept = layer.h - len(layer.removed)
         if kept == 0:
@@ -132,9 +157,10 @@ def discretize(model):
         active = layer.active.tolist()
         removed = set(layer.removed.tolist())
         kept = [c for c in range(H) if c not in removed]
-        bn_s, bn_t = _bn_affine(model.norms[i])
-        alpha = bn_s[kept] if prenorm else np.ones(len(kept))
-        beta = bn_t[kept] if prenorm else np.zeros(len(kept))
+        is_ln = isinstance(model.norms[i], nn.LayerNorm)
+        bn_s, bn_t = (None, None) if is_ln else _bn_affine(model.norms[i])
+        alpha = bn_s[kept] if prenorm and not is_ln else np.ones(len(kept))
+        beta = bn_t[kept] if prenorm and not is_ln else np.zeros(len(kept))
         dA, dB, C, keep, err = layer_modes(layer) if active else (None, None, None, None, 0.0)
         err_max = max(err_max, err)
         Dp = _np(layer.D)
@@ -161,7 +187,9 @@ def discretize(model):
             C2=np.concatenate(fC) if fC else np.zeros(0, complex), W_out=W[:, kept], b_out=_np(conv.bias),
             modes_total=len(active) * (layer.n // 2),
         )
-        if not prenorm:
+        if is_ln:
+            fl.ln = _ln_params(model.norms[i])
+        elif not prenorm:
             fl.post_scale, fl.post_shift = bn_s, bn_t
         layers.append(fl)
         removed_all.append(sorted(removed))
@@ -169,7 +197,7 @@ def discretize(model):
         d_input=cfg["d_input"], n_classes=cfg["n_classes"], d_model=H, prenorm=prenorm, ssm=cfg["ssm"],
         W_enc=_np(model.encoder.weight), b_enc=_np(model.encoder.bias), layers=layers,
         W_dec=_np(model.decoder.weight), b_dec=_np(model.decoder.bias), conversion_error=err_max,
-        removed=removed_all,
+        removed=removed_all, pool_start=model.pool_start(cfg["seq_len"]) if cfg.get("seq_len") else 0,
     )
 
 
@@ -236,7 +264,11 @@ def run_float(g, x, ranges=None, all_steps=False):
     h = _dense(x, g.W_enc, g.b_enc)
     see("h0", h)
     for i, fl in enumerate(g.layers):
-        u = fl.alpha * h[:, :, fl.channels] + fl.beta
+        if g.prenorm and fl.ln is not None:
+            u = layer_norm(h, fl.ln)[:, :, fl.channels]
+            see(f"n{i}", u)
+        else:
+            u = fl.alpha * h[:, :, fl.channels] + fl.beta
         if ranges is not None:
             ranges.see_state(i, state_absmax(fl.dA, fl.dB, fl.mode_start, u)[None])
         y = fl.D * u + ssm_readout(fl.dA, fl.dB, fl.C2, fl.mode_start, u)
@@ -248,10 +280,14 @@ def run_float(g, x, ranges=None, all_steps=False):
         see(f"z{i}", z)
         r = h + z
         see(f"r{i}", r)
-        h = r if g.prenorm else fl.post_scale * r + fl.post_shift
+        if g.prenorm:
+            h = r
+        else:
+            h = layer_norm(r, fl.ln) if fl.ln is not None else fl.post_scale * r + fl.post_shift
         see(f"h{i + 1}", h)
-    # the running mean of h: cumsum adds in the same order as a running sum
-    pooled = np.cumsum(h, axis=1) / np.arange(1, L + 1, dtype=np.float64)[:, None]
+    # the running mean of h from step pool_start on: cumsum adds in the same order as a running sum
+    t = np.arange(L)
+    pooled = np.cumsum(h * (t >= g.pool_start)[:, None], axis=1) / np.maximum(t + 1 - g.pool_start, 1)[:, None]
     logits = _dense(pooled, g.W_dec, g.b_dec)                  # (n, L, classes): the scores after every step
     see("logits", logits)
     return logits if all_steps else logits[:, -1]

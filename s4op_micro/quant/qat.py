@@ -7,11 +7,13 @@ integer reference does, with straight-through estimators (round in the forward p
 backward pass) for:
   - every int8 activation at its calibrated (scale, zero point): x, h, y, g, a, b, sigmoid (1/256), z, r;
   - weights: int8 per output channel (encoder, mixer, decoder), BatchNorm folded (running statistics
-    frozen, gamma/beta trained through the fold);
+    frozen, gamma/beta trained through the fold); LayerNorm in float, its output fake-quantized (the
+    integer LayerNorm is within ~1 output step of it: tests/test_layer_norm.py);
   - the recurrence coefficient code: Q15 (16-bit) or the 8-bit polar code (log-uniform decay per
     channel, uniform angle per channel), and the readout C per channel (int8 / int16);
   - the int16 state: rounded at the calibrated state step of each mode and saturated.
-The pooled mean is fake-quantized at s_h/128 and the scores at their int8 grid.
+The pooled mean (over all steps, or from L//2 for causal_half) is fake-quantized at s_h/128 and the
+scores at their int8 grid.
 """
 
 import numpy as np
@@ -116,11 +118,12 @@ class QATForward:
         for i, layer in enumerate(model.layers):
             dA, dB, C = layer_modes_torch(layer)
             dA_q = fq_dA(dA, self.bits)
-            s_bn, t_bn = bn_affine(model.norms[i])
-            th = T[f"h{i}"]
+            is_ln = isinstance(model.norms[i], torch.nn.LayerNorm)
+            s_bn, t_bn = (None, None) if is_ln else bn_affine(model.norms[i])
+            th = T[f"n{i}"] if is_ln and cfg["prenorm"] else T[f"h{i}"]     # the SSM input's quantization
             act = layer.active
-            alpha = (s_bn[act] if cfg["prenorm"] else torch.ones(len(act))) * th.scale
-            beta = t_bn[act] if cfg["prenorm"] else torch.zeros(len(act))
+            alpha = (s_bn[act] if cfg["prenorm"] and not is_ln else torch.ones(len(act))) * th.scale
+            beta = t_bn[act] if cfg["prenorm"] and not is_ln else torch.zeros(len(act))
             k = self.layer_consts[i]
             # readout in the integer state basis: chat = 2 C dB alpha / 2^(sh-15), per channel codes
             gain = torch.pow(2.0, k["sh"] - 15) / (dB * alpha[:, None].to(dB.dtype))
@@ -145,7 +148,7 @@ class QATForward:
                 act = layer.active
                 u = h.clone()
                 if cfg["prenorm"]:
-                    u = s_bn * u + t_bn
+                    u = fq(model.norms[i](u), T[f"n{i}"]) if s_bn is None else s_bn * u + t_bn
                 ua = u[:, act]
                 st = dA_q * states[i] + dB * ua.unsqueeze(-1).to(dB.dtype)
                 step = k["step"]
@@ -165,10 +168,13 @@ class QATForward:
                 sg = torch.clamp(ste_round(torch.sigmoid(b) * 256) - 128, -128, 127) / 256 + 0.5
                 z = fq(a * sg, T[f"z{i}"])
                 r = fq(h + z, T[f"r{i}"])
-                h = r if cfg["prenorm"] else fq(s_bn * r + t_bn, T[f"h{i + 1}"])
-            pooled = pooled + h
+                if not cfg["prenorm"]:
+                    r = fq(model.norms[i](r) if s_bn is None else s_bn * r + t_bn, T[f"h{i + 1}"])
+                h = r
+            if t >= self.q.meta.pool_start:
+                pooled = pooled + h
         ts = T["pool"]
-        p = pooled / L
+        p = pooled / max(L - self.q.meta.pool_start, 1)
         p = torch.clamp(ste_round(p / ts.scale), -32768, 32767) * ts.scale
         Wd = fq_weight(model.decoder.weight)
         out = fq(F.linear(p, Wd, model.decoder.bias), T["logits"])

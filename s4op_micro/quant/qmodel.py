@@ -2,10 +2,12 @@
 
   QuantizedModel
     meta: Meta                       shapes and export options
-    tensors: {name: TensorQ}         every activation's (scale, zero point): x, h0, y0, g0, a0, b0, z0, r0, ...
+    tensors: {name: TensorQ}         every activation's (scale, zero point): x, h0, (n0: pre-norm LayerNorm), y0, g0,
+                                     a0, b0, z0, r0, ...
     enc, dec: FullyConnected         encoder x -> h0, decoder (16x8) pool -> logits
     layers: [Layer]                  ssm: Recurrence, gelu/sigmoid tables, fc_a/fc_b: FullyConnected (the GLU
-                                     mixer halves), mul: GluMul, add: ResidualAdd, post: PostNorm or None
+                                     mixer halves), mul: GluMul, add: ResidualAdd, post: PostNorm (BatchNorm) or
+                                     None, layer_norm: LayerNormQ or None (pre-norm: h -> n, post-norm: r -> h)
     stats: dict                      coefficient errors (report.json "coefficients")
 
 Everything the C needs that can be computed at export is computed here (TFLM's Prepare/Eval split):
@@ -13,8 +15,9 @@ Everything the C needs that can be computed at export is computed here (TFLM's P
 rounding constant; `ResidualAdd` its two input tables (the scaled inputs of TFLM's ADD as 256-entry int32
 maps, exact), `Recurrence` the readout bound that lets the requantization use one high-word multiply.
 
-On disk: DIR/qmodel.npz = the arrays + a JSON header `{"format": FORMAT, "model": tree}`. Any other
-format or a damaged file gives a one-line UserError naming the fix (re-export).
+On disk: DIR/qmodel.npz = the arrays + a JSON header `{"format": FORMAT, "model": tree}`. Format -2 (before
+LayerNorm and causal_half) still loads: its files are -3 files without those fields, which default to absent.
+Any other format or a damaged file gives a one-line UserError naming the fix (re-export).
 """
 
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -27,7 +30,8 @@ import numpy as np
 from ..core.errors import UserError
 from . import intmath as im
 
-FORMAT = "s4op-micro/int8-model-2"
+FORMAT = "s4op-micro/int8-model-3"
+READABLE_FORMATS = (FORMAT, "s4op-micro/int8-model-2")   # -2: no LayerNorm, mean pooling
 ADD_LEFT_SHIFT = 20        # TFLM int8 ADD: both inputs are scaled by 2^20 before their multipliers
 
 
@@ -182,6 +186,35 @@ class PostNorm:
 
 
 @dataclass
+class LayerNormQ:
+    """nn.LayerNorm over the H channels of an int8 tensor q, per timestep, in int32 (quantize.py
+    layer_norm_params derives the constants; reference.layer_norm is the executable form):
+
+      S1 = sum q, S2 = sum q^2, V = H S2 - S1^2            (= H^2 var in input LSB^2; < 2^31 for H <= 256)
+      W = (V << 2 w_shift) + eps                           eps = torch's eps in W's units
+      R = rdiv(2^recip_bits, isqrt(max(W, 1)))             the reciprocal square root, exact integers
+      per output j (input channel channels[j]):
+        n   = RDBPOT((H q - S1) R, norm_shift)            normalized value at 2^-NORM_BITS (|n| < 2^15 sqrt H)
+        out = sat8(out_zp + MBQM(sign n + bias, rq))      gamma (|.| in rq, sign) and beta (bias)"""
+    channels: np.ndarray       # input channel of each output (post-norm: all H; pre-norm: the kept SSM inputs)
+    width: int                 # H: the channels the statistics run over
+    eps: int
+    w_shift: int
+    recip_bits: int
+    norm_shift: int
+    sign: np.ndarray           # +-1 per output: the sign of gamma
+    bias: np.ndarray           # per output: beta / |gamma| at the scale of n
+    rq: Requant                # per output: |gamma| 2^-NORM_BITS / s_out
+    in_zp: int
+    out_zp: int
+
+    def acc_bound(self):
+        """max |sign n + bias| per output (the requantization's input): the export picks recip_bits so
+        that |(H q - S1) R| < 2^30 for every int8 input."""
+        return (1 << (30 - self.norm_shift)) + 1 + np.abs(self.bias)
+
+
+@dataclass
 class Layer:
     ssm: Recurrence
     gelu: np.ndarray           # int8[256], index y + 128
@@ -191,6 +224,7 @@ class Layer:
     mul: GluMul
     add: ResidualAdd
     post: Optional[PostNorm] = None
+    layer_norm: Optional[LayerNormQ] = None
 
 
 @dataclass
@@ -206,6 +240,7 @@ class Meta:
     removed: list
     calib_sequences: int
     board: Optional[str] = None
+    pool_start: int = 0        # first pooled step: 0 (mean) or seq_len // 2 (causal_half)
 
 
 @dataclass
@@ -232,7 +267,7 @@ class QuantizedModel:
 # --- on disk ---------------------------------------------------------------------------------------
 
 TYPES = {c.__name__: c for c in (TensorQ, Requant, FullyConnected, Polar8, Recurrence, GluMul, ResidualAdd,
-                                  PostNorm, Layer, Meta, QuantizedModel)}
+                                  PostNorm, LayerNormQ, Layer, Meta, QuantizedModel)}
 
 
 def _to_tree(obj, key, arrays):
@@ -280,7 +315,7 @@ def load_qmodel(path):
             if "__header__" not in z.files:
                 raise UserError(f"{path} is an int8 model of an older format (not {FORMAT}); {fix}")
             header = json.loads(bytes(z["__header__"]).decode())
-            if header.get("format") != FORMAT:
+            if header.get("format") not in READABLE_FORMATS:
                 raise UserError(f"{path} has format {header.get('format')!r}, this version reads {FORMAT!r}; {fix}")
             arrays = {k: z[k] for k in z.files if k != "__header__"}
         q = _from_tree(header["model"], arrays)
@@ -337,6 +372,13 @@ def model_json(q, board_name):
         if L.post is not None:
             d["post_norm"] = {"input": f"r{i}", "output": f"h{i + 1}", **_fc_json(L.post, f"r{i}", f"h{i + 1}")}
             d["post_norm"]["weight"]["shape"] = [len(L.post.w)]
+        if L.layer_norm is not None:
+            p = L.layer_norm
+            src, dst = (f"h{i}", f"n{i}") if q.meta.prenorm else (f"r{i}", f"h{i + 1}")
+            d["layer_norm"] = {"input": src, "output": dst, "channels": p.channels.tolist(), "width": p.width,
+                               "eps": p.eps, "w_shift": p.w_shift, "recip_bits": p.recip_bits,
+                               "norm_shift": p.norm_shift, "sign": p.sign.tolist(), "bias": p.bias.tolist(),
+                               "multiplier": p.rq.mult.tolist(), "shift": p.rq.shift.tolist()}
         layers.append(d)
     meta = {f.name: getattr(q.meta, f.name) for f in fields(q.meta)}
     if meta["board"] is None:

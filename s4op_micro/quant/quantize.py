@@ -33,8 +33,8 @@ from ..core.checks import coeff_bits as check_coeff_bits
 from ..core.errors import UserError
 from . import intmath as im
 from .discretize import Ranges, discretize, gelu, run_float, sigmoid
-from .qmodel import (ADD_LEFT_SHIFT, FullyConnected, GluMul, Layer, Meta, Polar8, PostNorm, QuantizedModel,  # noqa: F401
-                     Recurrence, Requant, ResidualAdd, TensorQ)
+from .qmodel import (ADD_LEFT_SHIFT, FullyConnected, GluMul, Layer, LayerNormQ, Meta, Polar8, PostNorm,  # noqa: F401
+                     QuantizedModel, Recurrence, Requant, ResidualAdd, TensorQ)
 
 STATE_TARGET = 2.0 ** 14          # calibrated max |state| lands in (T/2, T]: >= 2x headroom to int16
 IN_LIMIT = 2 ** 29                # |u << sh| + |K| <= 2^29 keeps the int32 update from overflowing
@@ -201,7 +201,9 @@ def quantize_model(model, calib_x, coeff_bits=8):
                          "modes": 0, "conversion_error": g.conversion_error}
     for i, fl in enumerate(g.layers):
         th, ty = T[f"h{i}"], T[f"y{i}"]
-        s_h, z_h = th.scale, th.zero_point
+        pre_ln = g.prenorm and fl.ln is not None
+        tu = T[f"n{i}"] if pre_ln else th           # the SSM's input: h, or LayerNorm(h) in pre-norm
+        s_h, z_h = tu.scale, tu.zero_point
         K = len(fl.channels)
         ms = fl.mode_start
         alpha = fl.alpha * s_h                      # float SSM input per unit of u = h - z_h
@@ -273,8 +275,13 @@ def quantize_model(model, calib_x, coeff_bits=8):
         mul = GluMul(in1_zp=int(ta.zero_point), in2_zp=SIG_ZP, rq=Requant(mul_M, mul_S), out_zp=int(tz.zero_point))
         add = add_params(th, tz, tr)
         layer = Layer(ssm=ssm, gelu=gelu_t, fc_a=fc_a, fc_b=fc_b, sigmoid=sig_t, mul=mul, add=add)
+        if pre_ln:
+            layer.layer_norm = layer_norm_params(fl.ln, fl.channels, th, tu)
         if not g.prenorm:
-            layer.post = post_params(fl.post_scale, fl.post_shift, tr, T[f"h{i + 1}"])
+            if fl.ln is not None:
+                layer.layer_norm = layer_norm_params(fl.ln, np.arange(H), tr, T[f"h{i + 1}"])
+            else:
+                layer.post = post_params(fl.post_scale, fl.post_shift, tr, T[f"h{i + 1}"])
         else:
             T[f"h{i + 1}"] = tr                     # pre-norm: the next h is r itself
         layers.append(layer)
@@ -285,7 +292,8 @@ def quantize_model(model, calib_x, coeff_bits=8):
     dec = quantize_fc(g.W_dec, g.b_dec, T["pool"].scale, 0, T["logits"])
     meta = Meta(d_input=g.d_input, n_classes=g.n_classes, d_model=H, n_layers=len(g.layers), prenorm=bool(g.prenorm),
                 coeff_bits=coeff_bits, ssm=g.ssm, conversion_error=float(g.conversion_error),
-                removed=[list(map(int, r)) for r in g.removed], calib_sequences=int(len(calib_x)))
+                removed=[list(map(int, r)) for r in g.removed], calib_sequences=int(len(calib_x)),
+                pool_start=int(g.pool_start))
     return QuantizedModel(meta=meta, tensors=T, enc=enc, layers=layers, dec=dec, stats=stats)
 
 
@@ -310,3 +318,40 @@ def post_params(scale, shift, t_in, t_out):
     M, S = im.quantize_multiplier(s_in * s_w / t_out.scale)
     return PostNorm(w=w, bias=bias, rq=Requant(M, S), w_scale=s_w, in_zp=int(t_in.zero_point),
                     out_zp=int(t_out.zero_point))
+
+
+NORM_BITS = 11          # LayerNorm's normalized value n at 2^-11 (|n| < sqrt(H) <= 16: int16 range)
+LN_BIAS_LIMIT = 2 ** 29     # |beta / gamma| at n's scale; keeps the requantization input narrow (< 2^30)
+
+
+def layer_norm_params(ln, channels, t_in, t_out):
+    """The integer LayerNorm (qmodel.LayerNormQ) of float (gamma, beta, eps) over H channels, input
+    quantized as t_in, output t_out, computing the outputs for `channels`.
+
+    Bounds (H <= 256): V = H S2 - S1^2 <= H^2 255^2 / 4 < 2^31; w_shift = the largest k <= 15 with
+    (Vmax + eps) 4^k < 2^31 (more bits for the square root), W = V 4^k + eps 4^k. With S = isqrt(W) and R = rdiv(2^P, S),
+    |H q - S1| <= sqrt((H-1) V) and sqrt(W) < S + 1 give |(H q - S1) R| < 2.1 sqrt(H-1) 2^(P-k): P - k
+    is chosen so that this stays below 2^30."""
+    gamma, beta, eps = (np.asarray(ln[0], np.float64), np.asarray(ln[1], np.float64), float(ln[2]))
+    H, channels = len(gamma), np.asarray(channels, np.int64)
+    s_in = t_in.scale
+    v_max = (H * H * 255 * 255) // 4
+    eps_v = eps * H * H / (s_in * s_in)            # eps in V's units
+    w_shift = 0
+    while w_shift < 15 and (v_max + eps_v) * 4.0 ** (w_shift + 1) < 2 ** 31:
+        w_shift += 1
+    # eps in W's units (4^k finer than V's: it matters when V is a few units), clamped to the int32 room
+    eps_q = int(min(round(eps_v * 4 ** w_shift), 2 ** 31 - 1 - (v_max << (2 * w_shift))))
+    # P - k: as large as |(H q - S1) R| < 2^30 allows, but P <= 30 (R <= 2^P is an int32); the square root
+    # (S >= 2^k H std) then keeps >= 7 bits at std >= 1 LSB for any H, the reciprocal (R S = 2^P) the rest
+    frac = min(int(math.floor(math.log2(2.0 ** 30 / (2.1 * math.sqrt(max(H - 1, 1)))))), 30 - w_shift)
+    recip_bits = frac + w_shift
+    g, b = gamma[channels], beta[channels]
+    # |gamma| at least |beta| 2^NORM_BITS / LN_BIAS_LIMIT (and > 0): a smaller gamma moves the output by
+    # < 2^-14 of beta, far below an output step, and the bias stays narrow
+    mag = np.maximum(np.abs(g), np.maximum(np.abs(b), t_out.scale) * 2.0 ** NORM_BITS / LN_BIAS_LIMIT)
+    bias = im.round_half_away(b / mag * 2.0 ** NORM_BITS).astype(np.int64)
+    M, S = im.quantize_multiplier(mag * 2.0 ** -NORM_BITS / t_out.scale)
+    return LayerNormQ(channels=channels, width=H, eps=eps_q, w_shift=w_shift, recip_bits=recip_bits,
+                      norm_shift=frac - NORM_BITS, sign=np.where(g < 0, -1, 1).astype(np.int64), bias=bias,
+                      rq=Requant(M, S), in_zp=int(t_in.zero_point), out_zp=int(t_out.zero_point))

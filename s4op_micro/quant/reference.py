@@ -8,16 +8,21 @@ MultiplyByQuantizedMultiplier; see docs/integer_contract.md):
 
   h  = FC_enc(x)                                          int8 FULLY_CONNECTED
   per layer:
-    u  = h[kept] - z_h                                    (kept = active + bypassed channels)
+    u  = h[kept] - z_h                                    (kept = active + bypassed channels;
+                                                           pre-norm LayerNorm: LN(h)[kept] - z_n)
     per mode: acc = A*x~ + u*2^sh + K + 2^14 (complex), x~ = sat16(acc >> 15)   [int16 state]
     y  = sat8(z_y + MBQM(bias + d*u + sum_m Re(c x~), M_c, S_c))   per channel
     g  = GELU_TABLE[y]                                    exact 256-entry table
     a, b = FC_a(g), FC_b(g)                               int8 FULLY_CONNECTED (H outputs each)
     z  = MUL(a, SIGMOID_TABLE[b])                         TFLM MUL; sigmoid int8 (1/256, -128)
     r  = ADD(h, z)                                        TFLM ADD
-    h  = post-norm ? DEPTHWISE_1x1(r) : r                 per-channel int8 weight, int32 bias
-  pool += h - z_h                                         int32 running sum
-  p  = rdiv(128 * pool, t + 1)                            int16 mean (scale s_h/128, zp 0), half away
+    h  = post-norm ? DEPTHWISE_1x1(r) or LN(r) : r        BatchNorm: per-channel int8 weight, int32 bias
+  pool += h - z_h  (steps t >= pool_start)                int32 running sum (causal_half: from L//2)
+  p  = rdiv(128 * pool, max(t + 1 - pool_start, 1))       int16 mean (scale s_h/128, zp 0), half away
+
+  LN(q) (qmodel.LayerNormQ, `layer_norm`): S1, S2 sums over the H channels, V = H S2 - S1^2,
+    W = (V << 2k) + eps, R = rdiv(2^P, isqrt(max(W, 1))), n = RDBPOT((H q - S1) R, F),
+    out = sat8(z + MBQM(sign n + bias))
   scores = FC_dec(p)                                      16x8 FULLY_CONNECTED
 
 `sat_state` counts saturated state components (int16), `sat_act` clamped int8 activations.
@@ -77,17 +82,21 @@ class IntegerReference:
         h = self._sat8(fc(q.enc, x))                               # (n, L, H)
         for i, layer in enumerate(q.layers):
             h = self._layer(i, layer, h)
-        pool = np.cumsum(h - z_last, axis=1)                       # int32 running sum after every step
+        start = q.meta.pool_start
+        pooled = (np.arange(L) >= start)[:, None]                 # causal_half sums from step L//2 on
+        pool = np.cumsum((h - z_last) * pooled, axis=1)            # int32 running sum after every step
         if not every_step:
             pool = pool[:, -1:]
         t1 = np.arange(L - pool.shape[1] + 1, L + 1, dtype=np.int64)[:, None]   # steps so far
+        t1 = np.maximum(t1 - start, 1)                             # steps pooled so far (1 before any)
         p = im.rdiv(pool * POOL_FRAC, t1)                          # int16 mean, zero point 0
         out = self._sat8(fc(q.dec, p)).astype(np.int8)
         return out if every_step else out[:, 0]
 
     def _layer(self, i, layer, h):
-        s, prep = layer.ssm, self._prep[i]
-        u = h[..., s.channels] - s.in_zp
+        s, prep, ln = layer.ssm, self._prep[i], layer.layer_norm
+        pre_ln = ln is not None and self.q.meta.prenorm
+        u = (self._sat8(layer_norm(ln, h)) if pre_ln else h[..., s.channels]) - s.in_zp
         readout, nsat = ssm_scan(s.a_re, s.a_im, prep["pow"], s.k, prep["mode_ch"], s.mode_start, s.c_re, s.c_im, u)
         self.sat_state += nsat
         acc = s.bias + s.d * u + readout
@@ -103,6 +112,8 @@ class IntegerReference:
         if layer.post is not None:
             p = layer.post
             r = self._sat8(p.rq(p.w * (r - p.in_zp) + p.bias) + p.out_zp)
+        elif ln is not None and not pre_ln:
+            r = self._sat8(layer_norm(ln, r))
         return r
 
     def run(self, x):
@@ -112,6 +123,36 @@ class IntegerReference:
     def predict(self, x):
         """Argmax of the last-step scores (ties -> lowest index, as np.argmax and the C)."""
         return self.run(x).argmax(axis=-1)
+
+
+def isqrt(v):
+    """floor(sqrt(v)) of non-negative int64 values below 2^53, exact (float64 sqrt, then corrected)."""
+    v = np.asarray(v, np.int64)
+    r = np.floor(np.sqrt(v.astype(np.float64))).astype(np.int64)
+    r -= r * r > v
+    r += (r + 1) * (r + 1) <= v
+    return r
+
+
+def layer_norm_recip(p, s1, s2):
+    """R = rdiv(2^P, isqrt(max(W, 1))), W = ((H S2 - S1^2) << 2k) + eps: the reciprocal square root of
+    the step's variance (plus eps), at 2^(P - k) over the normalized units of H q - S1."""
+    v = p.width * s2 - s1 * s1
+    w = (v << (2 * p.w_shift)) + p.eps
+    assert np.all((v >= 0) & (w < 2**31)), "LayerNorm variance overflow"
+    return im.rdiv(np.int64(1) << p.recip_bits, isqrt(np.maximum(w, 1)))
+
+
+def layer_norm(p, q):
+    """Integer LayerNorm (qmodel.LayerNormQ) of int8 values q (..., H) over the last axis -> the
+    outputs for p.channels (..., len(channels)), int8 values before saturation."""
+    q = np.asarray(q, np.int64)
+    s1 = q.sum(axis=-1, keepdims=True)
+    recip = layer_norm_recip(p, s1, (q * q).sum(axis=-1, keepdims=True))
+    t = (p.width * q[..., p.channels] - s1) * recip
+    assert np.abs(t).max(initial=0) < 2**30, "LayerNorm product bound violated"
+    n = im.rdbpot(t, p.norm_shift)
+    return p.rq(p.sign * n + p.bias) + p.out_zp
 
 
 # --- whole-sequence kernels (the same integers as the per-step formulas) -----------------------------
