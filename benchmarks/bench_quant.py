@@ -1,7 +1,8 @@
-"""Quantization benchmark: every shipped dataset's default configuration, trained once, exported
-with 8- and 16-bit recurrence coefficients and run in QEMU (cortex-m7) on the test set.
+"""Quantization benchmark: every shipped dataset's default configuration, trained once per norm
+(BatchNorm, folded at export; LayerNorm, integer mean/variance/isqrt in the export), exported with 8-
+and 16-bit recurrence coefficients and run in QEMU (cortex-m7) on the test set.
 
-    python benchmarks/bench_quant.py [--datasets gunpoint,digits] [--limit N] [--digits-limit N]
+    python benchmarks/bench_quant.py [--datasets gunpoint,digits] [--norms batch,layer] [--limit N] [--digits-limit N]
 """
 
 import argparse
@@ -18,17 +19,17 @@ from s4op_micro.train import train  # noqa: E402
 from s4op_micro.train import DATASET_DEFAULTS  # noqa: E402
 
 BOARD = "cortex-m7"
-COLUMNS = ["dataset", "coeff_bits", "n_test", "float", "int8 ref", "firmware", "mismatches", "flash_bytes",
+COLUMNS = ["dataset", "norm", "coeff_bits", "n_test", "float", "int8 ref", "firmware", "mismatches", "flash_bytes",
            "ram_bytes", "instructions/step", "cycles/step", "MAC-bound cycles/step", "x MAC bound"]
 
 
-def bench(datasets, limit, digits_limit, work):
+def bench(datasets, norms, limit, digits_limit, work):
     rows, sources = [], set()
-    for name in datasets:
-        d = Path(work) / name
+    for name, norm in ((name, norm) for name in datasets for norm in norms):
+        d = Path(work) / name / norm
         start = time.time()
-        train(dataset=name, out=d / "train", force=True, progress=False)
-        print(f"{name}: trained in {time.time() - start:.0f} s", file=sys.stderr, flush=True)
+        train(dataset=name, out=d / "train", force=True, progress=False, norm=norm)
+        print(f"{name} ({norm} norm): trained in {time.time() - start:.0f} s", file=sys.stderr, flush=True)
         n = digits_limit if name == "digits" and digits_limit else limit
         for bits in (8, 16):
             out = d / f"c{bits}"
@@ -37,7 +38,7 @@ def bench(datasets, limit, digits_limit, work):
             start = time.time()
             res = run(out, target="qemu", dataset=name, limit=n or None)
             sources.add(res.get("cycles_source"))
-            rows.append({"dataset": name, "coeff_bits": bits, "n_test": res["n_sequences"],
+            rows.append({"dataset": name, "norm": norm, "coeff_bits": bits, "n_test": res["n_sequences"],
                          "float": res["float_accuracy"], "int8 ref": res["reference_accuracy"],
                          "firmware": res["accuracy"], "mismatches": res["mismatches"],
                          "flash_bytes": res.get("flash_bytes", exp.get("flash_bytes")),
@@ -48,13 +49,14 @@ def bench(datasets, limit, digits_limit, work):
                          # Cortex-M7 limit: two 16-bit MACs per cycle (SMLAD), nothing else counted
                          "MAC-bound cycles/step": exp["macs_per_step"] // 2,
                          "x MAC bound": round(res["cycles_per_step"] / (exp["macs_per_step"] / 2), 1)})
-            print(f"{name} {bits}-bit: {rows[-1]} ({time.time() - start:.0f} s in QEMU)", file=sys.stderr, flush=True)
+            print(f"{name} {norm} norm {bits}-bit: {rows[-1]} ({time.time() - start:.0f} s in QEMU)", file=sys.stderr, flush=True)
     return rows, sources
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", default=",".join(DATASET_DEFAULTS))
+    ap.add_argument("--norms", default="batch,layer", help="comma list of batch, layer (--norm of train)")
     ap.add_argument("--limit", type=int, help="test sequences per dataset (default: all)")
     ap.add_argument("--digits-limit", type=int, help="test sequences for digits only (default: all)")
     ap.add_argument("--quick", action="store_true", help="at most 100 test sequences per dataset")
@@ -62,11 +64,12 @@ def main(argv=None):
     a = ap.parse_args(argv)
     limit = a.limit or (100 if a.quick else None)
     with tempfile.TemporaryDirectory() as tmp:
-        rows, sources = bench(a.datasets.split(","), limit, a.digits_limit, a.work or tmp)
+        rows, sources = bench(a.datasets.split(","), a.norms.split(","), limit, a.digits_limit, a.work or tmp)
     partial = [f"{r['dataset']} ({r['n_test']})" for r in rows if r["dataset"] == "digits" and a.digits_limit]
     notes = [
         f"Board {BOARD}; default configurations of s4op_micro.train.DATASET_DEFAULTS, seed 0, trained once per "
-        "dataset; the same checkpoint is exported with 8- and 16-bit recurrence coefficients (activations int8).",
+        "dataset and norm (`train --norm batch|layer`, post-norm); the same checkpoint is exported with 8- and "
+        "16-bit recurrence coefficients (activations int8), without QAT.",
         "float = PyTorch model, int8 ref = numpy integer reference of the exported model, firmware = the "
         "generated C built for the board and run in QEMU; mismatches = test sequences whose firmware scores "
         "differ from the integer reference.",
@@ -78,7 +81,8 @@ def main(argv=None):
         "Test set: " + (f"first {limit} sequences per dataset" if limit else "full test set")
         + (f"; digits limited to {a.digits_limit} sequences ({', '.join(partial)}) for time" if partial else "") + ".",
     ]
-    write_results("quant", rows, COLUMNS, "Quantization: 8- vs 16-bit recurrence coefficients, firmware in QEMU (cortex-m7)",
+    write_results("quant", rows, COLUMNS, "Quantization: BatchNorm and LayerNorm models, 8- vs 16-bit recurrence "
+                  "coefficients, firmware in QEMU (cortex-m7)",
                   notes)
     return 0
 
