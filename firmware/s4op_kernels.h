@@ -343,7 +343,8 @@ static inline int32_t mode_step(int16_t *state, int32_t a, int32_t u, int32_t in
  * ACC += their readout; ST and MD end just past them. An odd mode first, then pairs. */
 #if S4OP_MODE_RUN && defined(__ARM_ARCH_6M__) && defined(__GNUC__) && !defined(S4OP_NO_ASM) && !defined(S4OP_DEBUG) \
     && !defined(__OPTIMIZE_SIZE__)
-/* (at -Os GCC keeps Thumb-1 code out of r8-r12 and the operands find no registers: the C loop) */
+/* 2^14 and the end pointer in high registers ("h": with "r" GCC 12 ran out of low ones on some models);
+ * at -Os GCC keeps Thumb-1 code out of r8-r12, so -Os builds take the C loop */
 #define MODE_RUN(ST, MD, N, U, HALF, ACC) do {                                                            \
     int32_t n_ = (N);                                                                                  \
     if (n_ & 1)                                                                                        \
@@ -356,7 +357,7 @@ static inline int32_t mode_step(int16_t *state, int32_t a, int32_t u, int32_t in
                          ".Ls4op_end_%=:\n\t"                                                          \
                          ".syntax divided"                                                             \
                          : [st] "+l"(ST), [md] "+l"(MD), [acc] "+r"(ACC)                               \
-                         : [u] "l"(U), [h] "r"(HALF)                                                   \
+                         : [u] "l"(U), [h] "h"(HALF)                                                   \
                          : "r0", "r1", "r2", "r3", "cc", "memory");                                     \
     if (n_ >> 1) {                                                                                     \
         const void *end_ = (ST) + (n_ & ~1);                                                           \
@@ -373,7 +374,7 @@ static inline int32_t mode_step(int16_t *state, int32_t a, int32_t u, int32_t in
                          ".Ls4op_end_%=:\n\t"                                                          \
                          ".syntax divided"                                                             \
                          : [st] "+l"(ST), [md] "+l"(MD), [acc] "+r"(ACC)                               \
-                         : [u] "l"(U), [h] "r"(HALF), [end] "r"(end_)                                  \
+                         : [u] "l"(U), [h] "h"(HALF), [end] "h"(end_)                                  \
                          : "r0", "r1", "r2", "r3", "cc", "memory");                                     \
     }                                                                                                  \
 } while (0)
