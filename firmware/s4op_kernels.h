@@ -302,6 +302,117 @@ static inline int32_t mode_step(int16_t *state, int32_t a, int32_t u, int32_t in
 } while (0)
 #endif
 
+/* ARMv6-M (Cortex-M0/M0+) and its host test (-DS4OP_SHIM_6M): a channel's modes as one run from its
+ * first one up (MODE_RUN), one inline-assembly loop on the core: GCC's code for mode_step takes ~56
+ * instructions per mode there (no SMLAD, MULS destroys an operand, a 7-operand block has no
+ * registers left), the loop ~36. Elsewhere MODE_PAIR_DOWN (DSP) or MODE_STEP (literal offsets). */
+#if defined(__ARM_ARCH_6M__) || defined(S4OP_SHIM_6M)
+#define S4OP_MODE_RUN 1
+#else
+#define S4OP_MODE_RUN 0
+#endif
+
+/* one mode at byte offset O of the run (st: {x_re, x_im, a}, md: {c, b}; 8 bytes each) in r0-r3:
+ * 34 instructions. x~ is loaded twice (MULS overwrites one factor; a copy would need a 5th
+ * register). Saturation: 2v overflows int32 exactly when v >> 15 leaves int16, so ADDS sets V and
+ * the rare case branches to S4OP_SAT6M; ASRS keeps V. Labels are unique per block (%=). */
+#define S4OP_MODE6M(O, O2, O4, ID)                                                                      \
+    "ldr r0, [%[st], #" O4 "]\n\t"                   /* a = a_re | a_im << 16 */                       \
+    "ldr r1, [%[st], #" O "]\n\t"                    /* x = x_re | x_im << 16 */                       \
+    "sxth r2, r0\n\t"                                                                                 \
+    "sxth r3, r1\n\t"                                                                                 \
+    "muls r3, r2, r3\n\t"                            /* a_re x_re */                                   \
+    "asrs r1, r1, #16\n\t"                                                                            \
+    "muls r2, r1, r2\n\t"                            /* a_re x_im */                                   \
+    "asrs r0, r0, #16\n\t"                                                                            \
+    "muls r1, r0, r1\n\t"                            /* a_im x_im */                                   \
+    "subs r3, r3, r1\n\t"                                                                             \
+    "ldr r1, [%[st], #" O "]\n\t"                                                                     \
+    "sxth r1, r1\n\t"                                                                                 \
+    "muls r1, r0, r1\n\t"                            /* a_im x_re */                                   \
+    "adds r2, r2, r1\n\t"                                                                             \
+    "ldr r0, [%[md], #" O4 "]\n\t"                                                                    \
+    "muls r0, %[u], r0\n\t"                          /* u b */                                         \
+    "adds r3, r3, r0\n\t"                                                                             \
+    "add r3, %[h]\n\t"                               /* re + 2^14 */                                   \
+    "add r2, %[h]\n\t"                               /* im + 2^14 */                                   \
+    "adds r3, r3, r3\n\t"                                                                             \
+    "bvs .Ls4op_sr" ID "_%=\n"                                                                        \
+    ".Ls4op_rr" ID "_%=:\n\t"                                                                         \
+    "asrs r3, r3, #16\n\t"                           /* re = sat16(v >> 15) */                         \
+    "adds r2, r2, r2\n\t"                                                                             \
+    "bvs .Ls4op_si" ID "_%=\n"                                                                        \
+    ".Ls4op_ri" ID "_%=:\n\t"                                                                         \
+    "asrs r2, r2, #16\n\t"                           /* im */                                          \
+    "strh r3, [%[st], #" O "]\n\t"                                                                    \
+    "strh r2, [%[st], #" O2 "]\n\t"                                                                   \
+    "ldr r0, [%[md], #" O "]\n\t"                    /* c */                                           \
+    "sxth r1, r0\n\t"                                                                                 \
+    "asrs r0, r0, #16\n\t"                                                                            \
+    "muls r1, r3, r1\n\t"                            /* c_re re */                                     \
+    "muls r0, r2, r0\n\t"                            /* c_im im */                                     \
+    "subs r1, r1, r0\n\t"                                                                             \
+    "add %[acc], r1\n\t"
+
+/* out of line: R = 2v wrapped (its sign the opposite of v's) -> INT32_MAX or INT32_MIN, whose >> 16
+ * is 32767 or -32768; back to the ASRS */
+#define S4OP_SAT6M(R, KIND, ID)                                                                         \
+    ".Ls4op_s" KIND ID "_%=:\n\t"                                                                     \
+    "asrs " R ", " R ", #31\n\t"                                                                      \
+    "movs r0, #1\n\t"                                                                                 \
+    "lsls r0, r0, #31\n\t"                                                                            \
+    "eors " R ", r0\n\t"                                                                              \
+    "b .Ls4op_r" KIND ID "_%=\n\t"
+#define S4OP_SATS6M(ID) S4OP_SAT6M("r3", "r", ID) S4OP_SAT6M("r2", "i", ID)
+
+/* @phase caller */
+/* MODE_RUN(ST, MD, N, U, HALF, ACC): the N modes at ST (RAM) and MD (constants), in14 = HALF = 2^14;
+ * ACC += their readout; ST and MD end just past them. An odd mode first, then pairs. */
+#if S4OP_MODE_RUN && defined(__ARM_ARCH_6M__) && defined(__GNUC__) && !defined(S4OP_NO_ASM) && !defined(S4OP_DEBUG) \
+    && !defined(__OPTIMIZE_SIZE__)
+/* 2^14 and the end pointer in high registers ("h": with "r" GCC 12 ran out of low ones on some models);
+ * at -Os GCC keeps Thumb-1 code out of r8-r12, so -Os builds take the C loop */
+#define MODE_RUN(ST, MD, N, U, HALF, ACC) do {                                                            \
+    int32_t n_ = (N);                                                                                  \
+    if (n_ & 1)                                                                                        \
+        __asm__ volatile(".syntax unified\n\t"                                                          \
+                         S4OP_MODE6M("0", "2", "4", "o")                                                \
+                         "adds %[st], #8\n\t"                                                          \
+                         "adds %[md], #8\n\t"                                                          \
+                         "b .Ls4op_end_%=\n\t"                                                         \
+                         S4OP_SATS6M("o")                                                              \
+                         ".Ls4op_end_%=:\n\t"                                                          \
+                         ".syntax divided"                                                             \
+                         : [st] "+l"(ST), [md] "+l"(MD), [acc] "+r"(ACC)                               \
+                         : [u] "l"(U), [h] "h"(HALF)                                                   \
+                         : "r0", "r1", "r2", "r3", "cc", "memory");                                     \
+    if (n_ >> 1) {                                                                                     \
+        const void *end_ = (ST) + (n_ & ~1);                                                           \
+        __asm__ volatile(".syntax unified\n"                                                            \
+                         ".Ls4op_loop_%=:\n\t"                                                         \
+                         S4OP_MODE6M("0", "2", "4", "a")                                                \
+                         S4OP_MODE6M("8", "10", "12", "b")                                              \
+                         "adds %[st], #16\n\t"                                                         \
+                         "adds %[md], #16\n\t"                                                         \
+                         "cmp %[st], %[end]\n\t"                                                       \
+                         "bne .Ls4op_loop_%=\n\t"                                                      \
+                         "b .Ls4op_end_%=\n\t"                                                         \
+                         S4OP_SATS6M("a") S4OP_SATS6M("b")                                              \
+                         ".Ls4op_end_%=:\n\t"                                                          \
+                         ".syntax divided"                                                             \
+                         : [st] "+l"(ST), [md] "+l"(MD), [acc] "+r"(ACC)                               \
+                         : [u] "l"(U), [h] "h"(HALF), [end] "h"(end_)                                  \
+                         : "r0", "r1", "r2", "r3", "cc", "memory");                                     \
+    }                                                                                                  \
+} while (0)
+#else
+#define MODE_RUN(ST, MD, N, U, HALF, ACC) do {                                                            \
+    int32_t n_ = (N);                                                                                  \
+    for (; n_ > 0; --n_, ++(ST), ++(MD))                                                               \
+        (ACC) = mode_step((ST)->x, (ST)->a, (U), (HALF), &(MD)->c, (ACC));                             \
+} while (0)
+#endif
+
 /* one input of an ARMv6-M dot16x2 chunk (written out 8 times, not .rept: GCC sizes inline assembly by
  * its statements when it places branches) */
 #define S4OP_DOT6M_INPUT                                                                               \

@@ -6,6 +6,8 @@ One small gunpoint model (2 layers, H=8) is trained once per session; everything
 """
 
 import argparse
+import contextlib
+import io
 import dataclasses
 import json
 import shutil
@@ -347,3 +349,39 @@ def test_odd_widths_run_bit_exactly_on_every_core(tmp_path, capsys):
         assert code == 0, err
         code, res, err = run_cli_json(capsys, "run", out, "--emulator", "qemu", "--limit", 3, "--json")
         assert code == 0 and res["mismatches"] == 0, (board, err)
+
+
+@pytest.mark.parametrize("d_state", [14, 8])
+def test_saturating_state_bit_exact_on_m0plus(gp, tmp_path, d_state):
+    """The Thumb-1 mode loop (s4op_kernels.h MODE_RUN) saturates the state out of line: slow modes
+    (log_dt = -7), calibrated on near-zero inputs and then driven at full scale, must saturate in the
+    integer reference and agree with it bit for bit in QEMU. 7 modes per channel (d_state 14) take
+    the odd-mode block and the pair loop, 4 the pair loop alone."""
+    from s4op_micro.models import SequenceClassifier
+    from s4op_micro.quant.qmodel import load_qmodel
+    from s4op_micro.quant.reference import IntegerReference
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    m = SequenceClassifier(1, 2, d_model=4, d_state=d_state, n_layers=2)
+    with torch.no_grad():
+        for layer in m.layers:
+            layer.kernel.log_dt.fill_(-7.0)
+    ck = gp.ckpt_dict
+    save_checkpoint(tmp_path / "slow.pt", m.eval(), ck["normalization"], ck["dataset"], ck["metrics"])
+    rng = np.random.default_rng(0)
+    norm = ck["normalization"]
+    x_train = norm["mean"][0] + 0.01 * norm["std"][0] * rng.normal(size=(8, 150, 1))
+    x_test = norm["mean"][0] + norm["std"][0] * np.full((4, 150, 1), 60.0)
+    np.savez(tmp_path / "d.npz", x_train=x_train.astype(np.float32), y_train=np.arange(8) % 2,
+             x_test=x_test.astype(np.float32), y_test=np.arange(4) % 2)
+    out = tmp_path / "m0"
+    export(tmp_path / "slow.pt", board="cortex-m0plus", out=out, data=tmp_path / "d.npz", test_vectors=2)
+    ref = IntegerReference(load_qmodel(out))
+    ref.run(ref.quantize_input(x_test.astype(np.float32)))
+    assert ref.sat_state > 0
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["run", str(out), "--emulator", "qemu", "--data", str(tmp_path / "d.npz"), "--json"])
+    res = json.loads(buf.getvalue().strip().splitlines()[-1])
+    assert code == 0 and res["mismatches"] == 0 and res["n_sequences"] == 4, res

@@ -49,17 +49,17 @@ def cases(draw):
     return m, seed, bits, L
 
 
-def check_exact(m, seed, bits, L, tmp, dsp=False):
+def check_exact(m, seed, bits, L, tmp, dsp=False, defines=()):
     rng = np.random.default_rng(seed)
     calib = rng.normal(size=(6, max(L, 5), m.config["d_input"])).astype(np.float32)
     q = quantize_model(m, calib, coeff_bits=bits)
     ref = IntegerReference(q)
     render_c(q, tmp)
-    extra = ()
+    extra = tuple(defines)
     if dsp:
         (tmp / "shim").mkdir()
         (tmp / "shim" / "arm_acle.h").write_text(ACLE_SHIM)
-        extra = ("-D__ARM_FEATURE_DSP=1", "-D__ARM_FEATURE_SIMD32=1", "-I", str(tmp / "shim"))
+        extra += ("-D__ARM_FEATURE_DSP=1", "-D__ARM_FEATURE_SIMD32=1", "-I", str(tmp / "shim"))
     exe = compile_host(tmp, tmp / "build", debug=True, extra=extra)
     # random int8 inputs over the whole range: far outside calibration, so saturation does happen
     x = rng.integers(-128, 128, size=(5, L, m.config["d_input"]), dtype=np.int64).astype(np.int8)
@@ -76,6 +76,9 @@ def test_random_models_bit_exact_scalar_and_dsp(tmp_path_factory, case):
     m, seed, bits, L = case
     check_exact(m, seed, bits, L, tmp_path_factory.mktemp("c"))
     check_exact(m, seed, bits, L, tmp_path_factory.mktemp("dsp"), dsp=True)
+    # the ARMv6-M structure on the host: MODE_RUN's C loop (the Thumb-1 loop's fallback, one run of modes
+    # per channel) and the requantization's 16-bit pieces
+    check_exact(m, seed, bits, L, tmp_path_factory.mktemp("m0"), defines=("-DS4OP_SHIM_6M", "-DS4OP_MULHI_PIECES"))
 
 
 def _slow_model(prenorm=False, norm="batch"):
@@ -118,14 +121,20 @@ def test_cross_compiles_clean_for_cortex_m(tmp_path, bits, prenorm, norm):
     q = quantize_model(m, np.random.default_rng(0).normal(size=(3, 20, 1)), coeff_bits=bits)
     render_c(q, tmp_path, test=(np.zeros((1, 4, 1), np.int8), [1], np.zeros((1, 2), np.int8)))
     for cpu in ("cortex-m0plus", "cortex-m4", "cortex-m7"):
-        for defines in ([], ["-DS4OP_NO_FLOAT", "-DS4OP_DEBUG", "-DS4OP_PROFILE_LAYERS"]):
+        # -O2: the firmware's build (M0+: the Thumb-1 mode loop); -Os: the flash figure (its C loop)
+        for opt, defines in (("-O2", []), ("-Os", []), ("-Os", ["-DS4OP_NO_FLOAT", "-DS4OP_DEBUG", "-DS4OP_PROFILE_LAYERS"])):
             for src in ("s4op_model.c", "s4op_weights.c", "s4op_testdata.c"):
-                obj = tmp_path / f"{cpu}_{src}.o"
-                cmd = [gcc, f"-mcpu={cpu}", "-mthumb", *STRICT_CFLAGS, "-Os", *defines, "-I", str(tmp_path / "include"),
+                obj = tmp_path / f"{cpu}_{src}{opt}.o"
+                cmd = [gcc, f"-mcpu={cpu}", "-mthumb", *STRICT_CFLAGS, opt, *defines, "-I", str(tmp_path / "include"),
                        "-c", str(tmp_path / "src" / src), "-o", str(obj)]
                 res = subprocess.run(cmd, capture_output=True, text=True)
                 assert res.returncode == 0, res.stderr
-        dis = subprocess.run(["arm-none-eabi-objdump", "-d", str(tmp_path / f"{cpu}_s4op_model.c.o")],
+        o2 = subprocess.run(["arm-none-eabi-objdump", "-d", str(tmp_path / f"{cpu}_s4op_model.c-O2.o")],
+                            capture_output=True, text=True).stdout
+        # the M0+ mode loop's out-of-line saturation (BVS on 2v) is in the -O2 build of every layer that uses it
+        uses_run = "MODE_RUN(" in (tmp_path / "src" / "s4op_model.c").read_text()
+        assert ("bvs" in o2) == (cpu == "cortex-m0plus" and uses_run)
+        dis = subprocess.run(["arm-none-eabi-objdump", "-d", str(tmp_path / f"{cpu}_s4op_model.c-Os.o")],
                              capture_output=True, text=True).stdout
         assert ("smlsd" in dis) == (cpu != "cortex-m0plus")
         # the last build had -DS4OP_NO_FLOAT: no float or double code at all (soft-float calls)

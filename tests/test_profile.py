@@ -8,6 +8,7 @@ import pytest
 
 from s4op_micro.cli import main
 from s4op_micro.core.errors import UserError
+from s4op_micro.core.resources import firmware_dir
 from s4op_micro.deploy import export
 from s4op_micro.cli.export import format_profile
 from s4op_micro.measure import profile as prof
@@ -148,3 +149,36 @@ def test_layer_norm_has_a_norm_row_per_layer(profiled_layer_norm):
         assert r.instructions > 0 and r.macs == (H + 3 * n_out) * p.steps
     assert sum(r.instructions for r in p.rows) == p.step_instructions
     assert abs(p.difference) <= TOLERANCE_PER_STEP * p.steps, format_profile(p)
+
+
+def test_mixer_row_holds_its_multiplies(profiled):
+    """Every MAC of the mixer needs a multiply instruction charged to it: at least one SMLAD per two MACs
+    on the DSP cores, one MULS per MAC on ARMv6-M, so the mixer row holds at least MACs/2 (MACs)
+    instructions. dot16x2 is inlined and GCC places its code right after the SSM loop: charged by
+    address proximity, it went to "ssm" and the mixer row kept only the rows' set-up (here that
+    fails on M0+; on the 32/32/2 gunpoint model on M7 it was 481 instructions for 2048 MACs). Its
+    DWARF call site puts it in the mixer. The next test catches the DSP cores instruction by
+    instruction."""
+    _, p = profiled
+    per_mac = 1 if p.cpu == "cortex-m0plus" else 0.5
+    mixer = [r for r in p.rows if r.phase == "mixer"]
+    assert len(mixer) == LAYERS
+    for r in mixer:
+        assert r.instructions >= per_mac * r.macs, format_profile(p)
+
+
+def test_inlined_kernels_are_charged_to_their_call_site(profiled):
+    """Address by address: every instruction of the mixer's dot products (dot16x2's lines in
+    s4op_kernels.h, its C or assembly on every core; on DSP cores also every SMLAD: the SSM uses
+    SMLSD/SMLADX) is a mixer instruction wherever GCC placed it."""
+    out, p = profiled
+    sources = sorted((out / "src").glob("*.[ch]")) + sorted((out / "include").glob("*.h"))
+    pm = prof.PhaseMap(p.elf, sources)
+    kernels = (firmware_dir() / "s4op_kernels.h").read_text().splitlines()
+    first = next(i for i, line in enumerate(kernels, 1) if line.startswith("static inline void dot16x2("))
+    last = next(i for i in range(first, len(kernels) + 1) if kernels[i - 1] == "}")
+    in_dot = [a for a in pm.insns if (row := pm.lines(a)) and row[0] == "s4op_kernels.h" and first <= row[1] <= last]
+    assert in_dot and {pm.phase(a)[0] for a in in_dot} == {"mixer"}
+    smlad = [a for a, (mn, _) in pm.insns.items() if mn == "smlad"]
+    assert (p.cpu == "cortex-m0plus") == (not smlad)
+    assert {pm.phase(a)[0] for a in smlad} <= {"mixer"}

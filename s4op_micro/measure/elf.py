@@ -1,5 +1,6 @@
 """What the profiler reads from a firmware ELF with binutils (the build uses -g): the DWARF line
-table (address -> source file and line), the function symbols (address ranges) and the
+table (address -> source file and line), the inlining chains (address -> the call sites of the
+inlined functions it belongs to), the function symbols (address ranges) and the
 disassembly (address -> mnemonic and operands, for pricing cycles). Text tools rather than an ELF
 library: arm-none-eabi-objdump/nm are installed with the toolchain the firmware needs anyway."""
 
@@ -61,6 +62,29 @@ def line_table(elf, funcs=None):
             rows.setdefault(addr, None)   # past the end of the sequence: no line
         seq = []
     return LineTable(rows)
+
+
+_POS = re.compile(r"^(.*):(\d+)(?:\s|$)")
+
+
+def inline_chains(elf, addrs):
+    """{address: [(file basename, line), ...]} from `addr2line -a -i`: the address's own source
+    position, then the call site of each function it is inlined into, innermost first (DWARF
+    inlined-subroutine entries). Positions addr2line cannot name (??) are left out."""
+    addrs = sorted(set(addrs))
+    if not addrs:
+        return {}
+    proc = subprocess.run([_tool("addr2line"), "-a", "-i", "-e", str(elf)], input="".join(f"{a:#x}\n" for a in addrs),
+                          capture_output=True, text=True, check=True)
+    out, cur = {}, None
+    for text in proc.stdout.splitlines():
+        if text.startswith("0x"):
+            cur = out.setdefault(int(text, 16), [])
+            continue
+        m = _POS.match(text)
+        if m and cur is not None:
+            cur.append((Path(m.group(1)).name, int(m.group(2))))
+    return out
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,10 @@ Phase convention (kept by whoever writes the generated C):
 - Reserved names: `reset` and `api` mark model code that runs outside the measured step
   (s4op_reset and the coefficient expansion, s4op_classify, ...): counted in the harness bucket.
   `caller` marks code shared by several phases (dot products, load helpers): its instructions take
-  the phase of the code they are inlined into (the closest preceding instruction of the same
-  function with a phase of its own), or, when not inlined, the phase of the call site.
+  the phase of the line they are inlined into (the call site from the DWARF inlining records,
+  the innermost one with a phase of its own), or, when not inlined, the phase of the call site.
+  Without inlining records (a macro, inline assembly copied into a function): the closest
+  preceding instruction of the same function with a phase of its own.
 - Lines of a model file above its first marker: phase "other". Lines of the firmware harness
   (firmware/*.c, *.h: start-up, bench_main, counter reads, output): "harness".
 - Library code (libgcc's 64-bit and division helpers, newlib's memcpy, intrinsics headers) is
@@ -172,13 +174,17 @@ class PhaseMap:
         self.harness = {p.name for p in firmware_dir().iterdir() if p.suffix in (".c", ".h", ".S")}
         self._addrs = sorted(self.insns)
         self._cache = {}
+        # the call sites of the instructions without a phase of their own (GCC may place an inlined
+        # kernel far from its call, e.g. the mixer's dot products right after the SSM loop)
+        self.chains = elfinfo.inline_chains(elf, [a for a in self._addrs if self.direct(a) is None])
 
     def direct(self, addr):
         """(phase, layer) from the address's own line; None for library/header lines and `caller`."""
         row = self.lines(addr)
-        if row is None:
-            return None
-        name, line = row
+        return None if row is None else self.at_line(*row)
+
+    def at_line(self, name, line):
+        """(phase, layer) of a source line; None for library/header lines and `caller`."""
         if name in self.markers:
             table = self.markers[name]
             ph = table[line - 1] if 0 < line <= len(table) else (OTHER, None)
@@ -191,11 +197,15 @@ class PhaseMap:
 
     def phase(self, addr):
         """(phase, layer) of an instruction of harness or model code; lines without a phase of their
-        own (caller-marked, inlined intrinsics) take the closest one before them in the function
-        (after them when none is before)."""
+        own (caller-marked, inlined intrinsics) take their innermost call site's that has one, else
+        the closest one before them in the function (after them when none is before)."""
         if addr in self._cache:
             return self._cache[addr]
         ph = self.direct(addr)
+        for site in self.chains.get(addr, [])[1:] if ph is None else ():
+            ph = self.at_line(*site)
+            if ph is not None:
+                break
         if ph is None:
             f = elfinfo.function_at(self.funcs, addr)
             lo, hi = (f.start, f.end) if f else (addr, addr + 1)
