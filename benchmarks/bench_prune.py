@@ -11,7 +11,7 @@ rates 10/30/50/70/90% with `s4op` and with `guided`, all through `s4op-micro pru
   guided        ours (its own fine-tune, --seeds x --finetune-epochs epochs per rate at most): operators,
                 single modes and whole residual channels (a narrower d_model), Taylor scores, the step
                 with the least loss per cycle saved (NetAdapt-like), kept models measured in QEMU
-  guided-to-2x  the pipeline's guided stage: rates 50/70%, then on in segments of 10% of the cycles until
+  guided-to-2x  the pipeline's guided stage: its milestones (10/30/50/70%), then on in segments of 10% of the cycles until
                 the measured cycles per step are halved (--target-ratio 0.49); its "2x point" is the cheapest
                 kept model within 1 point of the unpruned accuracy on validation + training sequences
                 (pipeline.cheapest_within, the main job's rule)
@@ -38,7 +38,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from s4op_micro.cli import main  # noqa: E402
-from s4op_micro.pipeline import cheapest_within  # noqa: E402
+from s4op_micro.pipeline import PipelineOptions, cheapest_within  # noqa: E402
 from s4op_micro.prune.recipe import PUBLISHED_RATES  # noqa: E402
 
 RATES = PUBLISHED_RATES
@@ -49,7 +49,7 @@ VARIANTS = {
 GUIDED = ("guided",)
 # the pipeline's guided stage (pipeline.GUIDED): on until the measured cycles per step are halved
 TO_2X = ["--strategy", "guided", "--granularity", "operator,mode,width", "--score", "taylor", "--target-ratio", "0.49"]
-TO_2X_RATES = "0.5,0.7"
+TO_2X_RATES = PipelineOptions().guided_rates
 MAX_DROP = 1.0  # points of selection-set accuracy (pipeline.cheapest_within)
 STYLE = {"s4op": dict(marker="o", color="tab:blue"), "guided": dict(marker="s", color="tab:red"),
          "guided-to-2x": dict(marker="D", color="tab:green", linestyle=":")}

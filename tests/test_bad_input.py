@@ -69,6 +69,8 @@ CASES = [
     ("pipeline board foo", lambda m: ["pipeline", "--dataset", "gunpoint", "--out", m["root"] / "p3", "--board", "foo"], "p3", "unknown board"),
     ("pipeline board without QEMU", lambda m: ["pipeline", "--dataset", "gunpoint", "--out", m["root"] / "p4", "--board", "nucleo-h743zi"], "p4", "no QEMU machine"),
     ("pipeline rates 1.5", lambda m: ["pipeline", "--dataset", "gunpoint", "--out", m["root"] / "p5", "--rates", "1.5"], "p5", "--rates"),
+    ("pipeline guided rates", lambda m: ["pipeline", "--dataset", "gunpoint", "--out", m["root"] / "p5", "--guided-rates",
+                                         "0.7,0.3"], "p5", "--guided-rates"),
     ("pipeline limit -1", lambda m: ["pipeline", "--dataset", "gunpoint", "--out", m["root"] / "p6", "--limit", "-1"], "p6", "--limit"),
     ("pipeline unknown dataset", lambda m: ["pipeline", "--dataset", "nope", "--out", m["root"] / "p7"], "p7", "unknown dataset"),
     ("pipeline NaN data", lambda m: ["pipeline", "--data", m["nan"], "--out", m["root"] / "p8"], "p8", "NaN"),

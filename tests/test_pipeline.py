@@ -4,7 +4,7 @@ import json
 
 from s4op_micro.cli import main
 
-ARGS = ["pipeline", "--dataset", "gunpoint", "--epochs", "5", "--rates", "0.5", "--seeds", "1",
+ARGS = ["pipeline", "--dataset", "gunpoint", "--epochs", "5", "--rates", "0.5", "--guided-rates", "0.5", "--seeds", "1",
         "--finetune-epochs", "1", "--limit", "6", "--max-drop", "100"]
 
 

@@ -6,6 +6,7 @@ from .common import at_least, emit, positive
 
 def cmd_pipeline(args):
     o = PipelineOptions(dataset=args.dataset, data=args.data, board=args.board, epochs=args.epochs, rates=args.rates,
+                        guided_rates=args.guided_rates,
                         seeds=args.seeds, finetune_epochs=args.finetune_epochs, max_drop=args.max_drop,
                         limit=args.limit, seed=args.seed, redo=args.redo, model=args.model,
                         fit=args.fit, max_macs_per_step=args.max_macs_per_step, max_latency_us=args.max_latency_us)
@@ -32,7 +33,10 @@ def register(sub):
     p.add_argument("--board", default=d.board, help=f"target board or core with a QEMU machine (default {d.board})")
     p.add_argument("--redo", nargs="*", default=[], choices=STAGES, help="redo these stages (and those after them)")
     p.add_argument("--epochs", type=at_least(1), help="training epochs, >= 1 (default: per dataset)")
-    p.add_argument("--rates", default=d.rates, help=f"pruning rates of both strategies (default {d.rates})")
+    p.add_argument("--rates", default=d.rates, help=f"the s4op stage's pruning rates (default {d.rates})")
+    p.add_argument("--guided-rates", default=d.guided_rates,
+                   help=f"the guided stage's milestones, fine-tuned and kept, before it goes on to half the cycles "
+                        f"(default {d.guided_rates})")
     p.add_argument("--seeds", type=at_least(1), default=d.seeds, help=f"pruning candidates per rate (default {d.seeds})")
     p.add_argument("--finetune-epochs", type=at_least(1), default=d.finetune_epochs,
                    help=f"epochs per candidate fine-tune (default {d.finetune_epochs})")

@@ -74,15 +74,15 @@ class PruneOptions:
     data_source: dict = field(default_factory=dict)   # dataset / data / root / max_train overrides
 
 
-def parse_rates(text):
+def parse_rates(text, flag="--rates"):
     try:
         rates = [float(r) for r in text.split(",")]
     except ValueError:
-        raise UserError(f"--rates {text!r}: give comma-separated fractions, e.g. 0.1,0.3,0.5") from None
+        raise UserError(f"{flag} {text!r}: give comma-separated fractions, e.g. 0.1,0.3,0.5") from None
     if not all(0 < r < 1 for r in rates):
-        raise UserError(f"--rates {text!r}: every rate must be a fraction in (0, 1)")
+        raise UserError(f"{flag} {text!r}: every rate must be a fraction in (0, 1)")
     if any(b <= a for a, b in zip(rates, rates[1:])):
-        raise UserError(f"--rates {text!r}: rates must be strictly increasing")
+        raise UserError(f"{flag} {text!r}: rates must be strictly increasing")
     return rates
 
 
