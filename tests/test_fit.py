@@ -1,14 +1,18 @@
-"""`s4op-micro fit`: the search respects the budget, cross-validates on the training set only, gives
-the same results on 1 and 2 workers, records every searched point, and writes a checkpoint that
-exports and runs bit-exactly on the host. Tiny search spaces and 1-2 epochs."""
+"""`s4op-micro fit`: the search respects the budget, cross-validates on the training set only (repeated
+with fresh splits for the finalists), gives the same results on 1 and 2 workers, records every searched
+point, deploys the coefficient width whose int8 CV accuracy is best, and writes a checkpoint that exports
+and runs bit-exactly on the host. Tiny search spaces and 1-2 epochs."""
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from s4op_micro import deploy, fit as fit_module
-from s4op_micro.fit import FitOptions, cv_splits, fit
+from s4op_micro.fit import FitOptions, cv as fit_cv, cv_splits, fit
+from s4op_micro.fit.cv import summarize
 from s4op_micro.models.checkpoint import load_model
 from s4op_micro.quant.cost import cost_report
 
@@ -28,7 +32,12 @@ def test_fit_end_to_end_writes_a_checkpoint_that_runs_bit_exactly(tmp_path, caps
     # every searched point is recorded: the candidates, the winner with augmentation, the pruned path
     kinds = [(p["kind"], p["augment"]) for p in doc["points"]]
     assert kinds == [("direct", ""), ("direct", ""), ("direct", "scale,jitter"), ("pruned", "")]
-    assert all(len(p["cv_accuracies"]) == 2 for p in doc["points"])
+    # the 2 finalists: 3 repetitions of the 2 folds; the others: one
+    assert [len(p["cv_accuracies"]) for p in doc["points"]] == [6 if p.get("finalist") else 2 for p in doc["points"]]
+    assert sum(bool(p.get("finalist")) for p in doc["points"]) == 2
+    # both coefficient widths scored and priced on every point; the deployed one is the point's
+    assert all([w["coeff_bits"] for w in p["widths"]] == [8, 16] for p in doc["points"])
+    assert fw_bits_of(doc) == doc["chosen"]["coeff_bits"]
     assert sum(bool(p.get("chosen")) for p in doc["points"]) == 1
     assert len(doc["grid"]) == 4 and all(g["macs_per_step"] <= 400 for g in doc["grid"] if not g["over"])
     assert "fit: direct H=8 N=4 x1: CV accuracy" in err           # a progress line per candidate
@@ -50,8 +59,8 @@ def test_fit_respects_the_budget_and_refuses_an_impossible_one(tmp_path, capsys)
     assert any(g["over"] for g in doc["grid"])                     # the budget binds
     for p in res.points:
         assert p["macs_per_step"] <= 300 and p["flash_bytes"] <= 9000 and p["ram_bytes"] <= 400
-    model, _ = load_model(res.model)
-    report = cost_report(model)
+    model, ckpt = load_model(res.model)
+    report = cost_report(model, ckpt["metrics"]["fit"]["coeff_bits"])   # priced at the deployed width
     assert report["macs_per_step"] <= 300 and report["flash_bytes"] <= 9000 and report["ram_bytes"] <= 400
     out = tmp_path / "none"
     assert_clean_error(capsys, out, "fit", "--dataset", "gunpoint", "--out", out, "--max-macs-per-step", "10",
@@ -76,8 +85,10 @@ def test_cv_uses_the_training_set_only_and_not_the_worker_count(tmp_path, monkey
 
     monkeypatch.setattr(fit_module, "load_dataset", scrambled)
     c = fit(out=tmp_path / "c", options=FitOptions(**TINY, workers=1), quiet=True)
-    cv = [[p["cv_accuracies"] for p in r.points] for r in (a, b, c)]
-    assert cv[0] == cv[1] == cv[2]
+    cv = [[[{k: v for k, v in run.items() if k != "seconds"} for run in p["cv_runs"]] for p in r.points]
+          for r in (a, b, c)]
+    assert cv[0] == cv[1] == cv[2]                 # float and int8 scores at both widths, every repetition
+    assert [p["coeff_bits"] for p in a.points] == [p["coeff_bits"] for p in b.points]
     sd = [load_model(r.model)[0].state_dict() for r in (a, b, c)]
     assert all(torch.equal(sd[0][k], sd[i][k]) for i in (1, 2) for k in sd[0])
     # the folds partition the training set: each sequence is held out exactly once
@@ -96,3 +107,80 @@ def test_pipeline_fit_options_are_checked(tmp_path, capsys):
     model.write_bytes(b"x")
     assert_clean_error(capsys, out, "pipeline", "--dataset", "gunpoint", "--out", out, "--fit", "--model", model,
                        match="drop --model or --fit")
+
+
+def fw_bits_of(doc):
+    """The coefficient width the firmware was exported with (its export report)."""
+    return json.loads((Path(doc["firmware"]["export"]) / "report.json").read_text())["coeff_bits"]
+
+
+def test_finalists_are_cross_validated_on_fresh_splits_and_seeds(tmp_path):
+    # two candidates (H=4 N=8 and H=8 N=4: neither is larger in all dimensions) and the winner augmented
+    opts = {**TINY, "d_states": (4, 8), "n_layers": (1,), "augment": True, "max_macs_per_step": 300}
+    res = fit(out=tmp_path / "a", options=FitOptions(**opts, repeats=3, finalists=2), quiet=True)
+    finalists = [p for p in res.points if p.get("finalist")]
+    assert len(finalists) == 2 and len(res.points) == 3
+    for p in res.points:
+        runs = p["cv_runs"]
+        repeats = 3 if p.get("finalist") else 1
+        assert sorted((r["repeat"], r["fold"]) for r in runs) == [(r, f) for r in range(repeats) for f in range(2)]
+        assert len({r["seed"] for r in runs}) == repeats         # a fresh seed per repetition
+        assert p["cv_accuracy"] == np.mean([r["accuracy"] for r in runs]) and p["cv_evaluations"] == 2 * repeats
+    # the deployed point is the best finalist by int8 CV accuracy
+    best = max(finalists, key=lambda p: p["int8_cv_accuracy"])
+    assert res.chosen["label"] in [p["label"] for p in finalists]
+    assert res.chosen["int8_cv_accuracy"] == best["int8_cv_accuracy"]
+    # every repetition holds each training sequence out once, and the repetitions' splits differ
+    y = fit_module.load_dataset(name="gunpoint", val_fraction=0.0).y_train
+    splits = [cv_splits(y, 2, r) for r in range(3)]
+    assert all(sorted(np.concatenate([va for _, va in s]).tolist()) == list(range(len(y))) for s in splits)
+    assert not np.array_equal(splits[0][0][1], splits[1][0][1]) and not np.array_equal(splits[1][0][1], splits[2][0][1])
+
+
+def _runs(acc8, acc16, flash8=5000, flash16=4000):
+    return [{"accuracy": 0.9, "loss": 0.3, "seconds": 1.0, "repeat": 0, "fold": f, "seed": 0, "pruned_fraction": None,
+             "widths": [{"coeff_bits": 8, "accuracy": acc8, "flash_bytes": flash8, "ram_bytes": 500, "macs_per_step": 900,
+                         "cycles_per_step": 3000.0, "latency_us": 14.0, "params": 700},
+                        {"coeff_bits": 16, "accuracy": acc16, "flash_bytes": flash16, "ram_bytes": 500,
+                         "macs_per_step": 900, "cycles_per_step": 3000.0, "latency_us": 14.0, "params": 700}]}
+            for f in range(3)]
+
+
+def test_a_point_takes_the_width_with_the_best_int8_cv_accuracy_within_the_budget():
+    budget = {"flash_bytes": 6000, "ram_bytes": 10_000, "macs_per_step": None, "cycles_per_step": None}
+    pick = lambda runs, b=budget: summarize({"cv_runs": runs}, b)   # noqa: E731
+    assert pick(_runs(0.70, 0.90))["coeff_bits"] == 16
+    assert pick(_runs(0.90, 0.70))["coeff_bits"] == 8
+    assert pick(_runs(0.80, 0.80))["coeff_bits"] == 16                     # a tie: less flash
+    assert pick(_runs(0.80, 0.80, flash8=3000))["coeff_bits"] == 8
+    p = pick(_runs(0.70, 0.90, flash16=6500))                              # 16-bit over the flash budget
+    assert p["coeff_bits"] == 8 and p["int8_cv_accuracy"] == pytest.approx(0.70) and p["over"] == []
+    assert [w["over"] for w in p["widths"]] == [[], ["flash_bytes"]]
+    assert p["flash_bytes"] == 5000 and p["cv_accuracy"] == 0.9
+
+
+def test_fit_deploys_16_bit_coefficients_where_8_bits_lose(tmp_path, monkeypatch):
+    """8 bits made to lose (every 8-bit model's decoder negated, so it ranks the classes the wrong way round:
+    on 2 classes its int8 CV accuracy is about 1 - the 16-bit one): fit deploys 16-bit coefficients, and its
+    firmware is built with them."""
+    real = fit_cv.quantize_model
+
+    def lossy(model, calib_x, coeff_bits=8):
+        q = real(model, calib_x, coeff_bits=coeff_bits)
+        if coeff_bits == 8:
+            q.dec.w = -np.maximum(q.dec.w, -127)
+            q.dec.bias_eff = -q.dec.bias_eff
+        return q
+
+    monkeypatch.setattr(fit_cv, "quantize_model", lossy)
+    opts = {**TINY, "d_models": (12,), "d_states": (16,), "n_layers": (2,), "epochs": 30, "measure": True, "repeats": 1}
+    res = fit(out=tmp_path / "a", options=FitOptions(**opts), quiet=True)
+    doc = json.loads((tmp_path / "a" / "fit.json").read_text())
+    (p,) = doc["points"]
+    acc8, acc16 = (w["int8_cv_accuracy"] for w in p["widths"])
+    assert acc16 > 0.6 and acc16 > acc8 + 0.2, p["widths"]
+    assert res.chosen["coeff_bits"] == 16 and fw_bits_of(doc) == 16
+    assert load_model(res.model)[1]["metrics"]["fit"]["coeff_bits"] == 16
+    assert res.firmware["mismatches"] == 0
+    # the test-set int8 figure of the deployed width is the firmware's (calibrated as export calibrates)
+    assert res.chosen["test_int8"][1]["accuracy"] == res.firmware["accuracy"]

@@ -12,6 +12,7 @@ def cmd_fit(args):
     o = FitOptions(dataset=args.dataset, data=args.data, root=args.root, board=args.board,
                    max_latency_us=args.max_latency_us, max_flash=args.max_flash, max_ram=args.max_ram,
                    max_macs_per_step=args.max_macs_per_step, workers=args.workers, folds=args.folds, seeds=args.seeds,
+                   repeats=args.repeats, finalists=args.finalists,
                    epochs=args.epochs, candidates=args.candidates, d_models=args.d_models, d_states=args.d_states,
                    n_layers=args.n_layers, augment=not args.no_augment, prune=not args.no_prune,
                    measure=not args.no_measure, seed=args.seed)
@@ -19,12 +20,17 @@ def cmd_fit(args):
 
     def human(r):
         c, fw = r["chosen"], r["firmware"]
-        lines = [f"{'point':<34} {'CV acc':>8} {'MACs/step':>10} {'cycles/step':>12} {'flash B':>8}"]
+        lines = [f"{'point':<34} {'CV float':>8} {'int8 8b':>8} {'int8 16b':>8} {'bits':>4} {'MACs/step':>10} "
+                 f"{'cycles/step':>12} {'flash B':>8}"]
         for p in r["points"]:
             mark = " <- deployed" if p.get("chosen") else (" (over budget)" if p.get("over") else "")
-            lines.append(f"{p['label']:<34} {p['cv_accuracy']:>8.4f} {p['macs_per_step']:>10,.0f} "
+            int8 = " ".join(f"{w['int8_cv_accuracy']:>8.4f}" for w in p["widths"])
+            lines.append(f"{p['label']:<34} {p['cv_accuracy']:>8.4f} {int8} {p['coeff_bits']:>4} {p['macs_per_step']:>10,.0f} "
                          f"{p['cycles_per_step']:>12,.0f} {p['flash_bytes']:>8,.0f}{mark}")
-        lines.append(f"deployed {c['label']}: CV accuracy {c['cv_accuracy']:.4f}, test accuracy (float) {c['test_accuracy']:.4f}"
+        test8 = ", ".join(f"{w['coeff_bits']}-bit {w['accuracy']:.4f}" for w in c["test_int8"])
+        lines.append(f"deployed {c['label']} at {c['coeff_bits']}-bit coefficients: int8 CV accuracy "
+                     f"{c['int8_cv_accuracy']:.4f} (+-{c['int8_cv_std']:.3f}, {c['cv_evaluations']} fold models), test "
+                     f"accuracy float {c['test_accuracy']:.4f}, int8 reference {test8}"
                      + (f", firmware {fw['accuracy']:.4f} ({fw['instructions_per_step']:,.0f} instructions/step, "
                         f"{fw['flash_bytes']:,} B flash, QEMU {fw['cycles_source']})" if fw else "")
                      + f" -> {r['model']} [{r['seconds']:.0f} s]")
@@ -38,8 +44,10 @@ def register(sub):
     d = FitOptions()
     p = sub.add_parser("fit", help="choose width, state size and depth for the data and the board's budget, and train",
                        description="Price every (d_model, d_state, n_layers) of the grid (flash, RAM, MACs, analytic "
-                                   "cycles), cross-validate the largest ones within the budget on the training set, try "
-                                   "augmentation and a twice-as-big model pruned to the winner's cycles, train the best "
+                                   "cycles, at 8- and 16-bit recurrence coefficients), cross-validate the largest ones within the "
+                                   "budget on the training set (float and int8 integer reference on the held-out folds), try "
+                                   "augmentation and a twice-as-big model pruned to the winner's cycles, repeat the folds "
+                                   "for the finalists, train the best (shape and coefficient width by int8 CV accuracy) "
                                    "on all training data and measure it in QEMU. Writes DIR/model.pt, fit.json, fit.png.")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--dataset", help="a shipped dataset (see `s4op-micro datasets`)")
@@ -55,7 +63,11 @@ def register(sub):
     p.add_argument("--workers", type=at_least(1), default=d.workers, help="local worker processes (default 1)")
     p.add_argument("--folds", type=at_least(2), default=d.folds, help=f"cross-validation folds (default {d.folds})")
     p.add_argument("--seeds", type=at_least(1), default=d.seeds, help=f"seeds per fold and final models (default {d.seeds})")
-    p.add_argument("--epochs", type=at_least(1), help="epochs per training (default: about 1000 updates)")
+    p.add_argument("--repeats", type=at_least(1), default=d.repeats,
+                   help=f"K-fold repetitions (fresh splits and seeds) for the finalists (default {d.repeats})")
+    p.add_argument("--finalists", type=at_least(1), default=d.finalists,
+                   help=f"best points cross-validated --repeats times (default {d.finalists})")
+    p.add_argument("--epochs", type=at_least(1), help="epochs per training (default: about 400 updates)")
     p.add_argument("--candidates", type=at_least(1), default=d.candidates,
                    help=f"largest feasible shapes cross-validated (default {d.candidates})")
     p.add_argument("--d-models", type=_ints, default=d.d_models, help="comma list of widths searched")
