@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from s4op_micro import deploy, fit as fit_module
-from s4op_micro.fit import FitOptions, cv as fit_cv, cv_splits, fit
+from s4op_micro.fit import FitOptions, cv_splits, fit
 from s4op_micro.fit.cv import summarize
 from s4op_micro.models.checkpoint import load_model
+from s4op_micro.quant import reference
 from s4op_micro.quant.cost import cost_report
 
 from conftest import assert_clean_error, run_cli_json
@@ -163,7 +164,7 @@ def test_fit_deploys_16_bit_coefficients_where_8_bits_lose(tmp_path, monkeypatch
     """8 bits made to lose (every 8-bit model's decoder negated, so it ranks the classes the wrong way round:
     on 2 classes its int8 CV accuracy is about 1 - the 16-bit one): fit deploys 16-bit coefficients, and its
     firmware is built with them."""
-    real = fit_cv.quantize_model
+    real = reference.quantize_model  # as int8_accuracy, which the CV scores with, calls it
 
     def lossy(model, calib_x, coeff_bits=8):
         q = real(model, calib_x, coeff_bits=coeff_bits)
@@ -172,7 +173,7 @@ def test_fit_deploys_16_bit_coefficients_where_8_bits_lose(tmp_path, monkeypatch
             q.dec.bias_eff = -q.dec.bias_eff
         return q
 
-    monkeypatch.setattr(fit_cv, "quantize_model", lossy)
+    monkeypatch.setattr(reference, "quantize_model", lossy)
     opts = {**TINY, "d_models": (12,), "d_states": (16,), "n_layers": (2,), "epochs": 30, "measure": True, "repeats": 1}
     res = fit(out=tmp_path / "a", options=FitOptions(**opts), quiet=True)
     doc = json.loads((tmp_path / "a" / "fit.json").read_text())

@@ -17,8 +17,7 @@ from ..data.core import fit_normalization, normalize
 from ..models.checkpoint import load_model, save_checkpoint
 from ..prune.api import PruneOptions, prune
 from ..prune.controller import GRANULARITIES
-from ..quant.quantize import quantize_model
-from ..quant.reference import IntegerReference
+from ..quant.reference import int8_accuracy
 from ..train import evaluate, fit as train_fit, parse_augment
 from .space import COEFF_BITS, COST_KEYS, costs, make_model, over_budget
 
@@ -26,7 +25,6 @@ LR = 0.01
 UPDATES = 400
 MIN_EPOCHS, MAX_EPOCHS = 30, 100
 PRUNE_FINETUNE_EPOCHS = 5
-CALIB_SAMPLES = 256         # as deploy.export's default calib_samples
 
 
 def cv_splits(y, folds, seed):
@@ -74,9 +72,7 @@ def int8_scores(model, x_calib, x, y, board):
     model.eval()
     out = []
     for bits in COEFF_BITS:
-        ref = IntegerReference(quantize_model(model, x_calib[:CALIB_SAMPLES], coeff_bits=bits))
-        pred = ref.predict(ref.quantize_input(x)) if len(y) else np.zeros(0, int)
-        out.append({"coeff_bits": bits, "accuracy": float((pred == y).mean()) if len(y) else 0.0,
+        out.append({"coeff_bits": bits, "accuracy": int8_accuracy(model, x_calib, x, y, bits),
                     **costs(model, board, bits)})
     return out
 

@@ -31,7 +31,9 @@ MultiplyByQuantizedMultiplier; see docs/integer_contract.md):
 import numpy as np
 
 from . import intmath as im
-from .quantize import POOL_FRAC
+from .quantize import POOL_FRAC, quantize_model
+
+CALIB_SAMPLES = 256  # training sequences that calibrate the activation ranges (export's default)
 
 
 def fc(p, x):
@@ -123,6 +125,15 @@ class IntegerReference:
     def predict(self, x):
         """Argmax of the last-step scores (ties -> lowest index, as np.argmax and the C)."""
         return self.run(x).argmax(axis=-1)
+
+
+def int8_accuracy(model, x_calib, x, y, coeff_bits=8):
+    """Accuracy on (x, y) of the float `model` quantized as `export` does (calibrated on the first
+    CALIB_SAMPLES sequences of x_calib): what its firmware scores, without building it."""
+    if not len(y):
+        return 0.0
+    ref = IntegerReference(quantize_model(model, x_calib[:CALIB_SAMPLES], coeff_bits=coeff_bits))
+    return float((ref.predict(ref.quantize_input(x)) == np.asarray(y)).mean())
 
 
 def isqrt(v):
