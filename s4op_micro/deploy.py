@@ -35,7 +35,7 @@ from .quant.cost import cost_report
 from .quant.discretize import check_supported
 from .quant.qmodel import load_qmodel, model_json, save_qmodel
 from .quant.quantize import quantize_model
-from .quant.reference import IntegerReference
+from .quant.reference import CALIB_SAMPLES, IntegerReference
 from .toolchain import board_io, records
 from .toolchain.build import build, model_sizes
 from .toolchain.hostrun import compile_host, run_host
@@ -66,7 +66,7 @@ class ExportResult:
         return {**self.report, "out": self.out}
 
 
-def export(model, *, board, out, calib_samples=256, coeff_bits=8, formats=("c",), test_vectors=8, force=False,
+def export(model, *, board, out, calib_samples=CALIB_SAMPLES, coeff_bits=8, formats=("c",), test_vectors=8, force=False,
            dataset=None, data=None, root=None, max_train=None) -> ExportResult:
     """Checkpoint `model` -> OUT for `board`. The data (for calibration, the accuracy report and the
     embedded test vectors) is the checkpoint's own unless dataset= / data= names another."""

@@ -33,6 +33,7 @@ from .core.outdir import MARKER, check_output_path
 from .core.progress import log
 from .data import load_dataset
 from .fit import FitOptions, fit
+from .models.checkpoint import load_checkpoint
 from .prune import pareto
 from .prune.api import PruneOptions, parse_rates, prune
 from .toolchain.build import build
@@ -151,6 +152,11 @@ def cheapest_within(models, max_drop, score="selection_accuracy_int8"):
     return min(within, key=lambda m: (m["cycles_per_step"], -m[score])) if within else None
 
 
+def coeff_bits_of(checkpoint):
+    """The recurrence coefficient width `fit` chose for this model by int8 CV (8 for other models)."""
+    return load_checkpoint(checkpoint)["metrics"].get("fit", {}).get("coeff_bits", 8)
+
+
 def _pareto_models(run):
     return json.loads((run / "prune" / "pareto.json").read_text())["models"]
 
@@ -169,7 +175,7 @@ def run_stage(stage, o, run, results):
         return {"base": train(out=run / "train", epochs=o.epochs, seed=o.seed, force=True, **data).to_dict()}
     if stage.startswith("prune-"):
         strategy = stage.split("-", 1)[1]
-        options = PruneOptions(strategy=strategy, rates=o.guided_rates if strategy == "guided" else o.rates, seeds=o.seeds, finetune_epochs=o.finetune_epochs,
+        options = PruneOptions(strategy=strategy, coeff_bits=coeff_bits_of(base), rates=o.guided_rates if strategy == "guided" else o.rates, seeds=o.seeds, finetune_epochs=o.finetune_epochs,
                                board=o.board, seed=o.seed, data_source={k: v for k, v in data.items() if v},
                                **(GUIDED if strategy == "guided" else S4OP))
         return {strategy: prune(base, run / "prune", options, measure=deploy.firmware_measure).to_dict()}
@@ -186,7 +192,7 @@ def run_stage(stage, o, run, results):
         out = {"chosen": chosen}
         for name, model in (("base", base), ("pruned", chosen["path"])):
             out[name] = deploy.export(model, board=o.board, out=exports[name], formats="c,tflm", force=True,
-                                      **data).to_dict()
+                                      coeff_bits=coeff_bits_of(base), **data).to_dict()
         return out
     if stage == "build":
         board = get_board(o.board)

@@ -40,3 +40,16 @@ def test_pipeline_end_to_end_and_resumable(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("done before") == 3 and "[4/7 export] inputs changed (max_drop: 100.0 -> 50.0)" in err
     assert "[5/7 build] inputs changed (an earlier stage was redone)" in err
+
+
+def test_exports_use_the_coefficient_width_fit_chose(tmp_path):
+    """`pipeline --fit`: fit records the width its int8 CV chose; pruning and both exports use it."""
+    from s4op_micro.models import SequenceClassifier
+    from s4op_micro.models.checkpoint import save_checkpoint
+    from s4op_micro.pipeline import coeff_bits_of
+
+    model = SequenceClassifier(d_input=1, n_classes=2, d_model=4, d_state=4, n_layers=1)
+    norm = {"mean": [0.0], "std": [1.0]}
+    save_checkpoint(tmp_path / "fit.pt", model, norm, {"name": "gunpoint"}, {"fit": {"coeff_bits": 16}})
+    save_checkpoint(tmp_path / "train.pt", model, norm, {"name": "gunpoint"}, {"test_accuracy": 0.5})
+    assert (coeff_bits_of(tmp_path / "fit.pt"), coeff_bits_of(tmp_path / "train.pt")) == (16, 8)
