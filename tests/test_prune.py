@@ -727,8 +727,8 @@ def test_deployed_model_is_the_cheapest_within_max_drop_on_the_selection_set():
     from s4op_micro.pipeline import cheapest_within
 
     def m(strategy, cycles, selection, test):
-        return dict(strategy=strategy, cycles_per_step=cycles, selection_accuracy_int8=selection,
-                    selection_accuracy=1.0 - selection, accuracy=test)
+        return dict(strategy=strategy, cycles_per_step=cycles, selection_accuracy=selection,
+                    selection_accuracy_int8=1.0 - selection, accuracy=test)
     start = m("unpruned", 100, 0.96, 0.90)
     models = [start, m("guided", 80, 0.955, 0.80), m("guided", 50, 0.94, 0.95), m("guided", 60, 0.951, 0.70),
               m("s4op", 40, 0.96, 0.99)]
@@ -737,5 +737,5 @@ def test_deployed_model_is_the_cheapest_within_max_drop_on_the_selection_set():
     assert cheapest_within(models, 2.0)["cycles_per_step"] == 50
     assert cheapest_within(models, 0.0) is None
     assert cheapest_within([dict(start, strategy="start"), *models[1:]], 0.5)["cycles_per_step"] == 80
-    # the float score on request (here 1 - the int8 one: every guided model is within, the cheapest wins)
-    assert cheapest_within(models, 1.0, score="selection_accuracy")["cycles_per_step"] == 50
+    # the integer reference's score on request (here 1 - the float one: every guided model is within)
+    assert cheapest_within(models, 1.0, score="selection_accuracy_int8")["cycles_per_step"] == 50
