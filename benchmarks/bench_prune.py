@@ -219,7 +219,8 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--work", default=str(ROOT / "runs" / "bench_prune"), help="where models go")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
-    p.add_argument("--render-only", action="store_true", help="rewrite prune.md and prune.png from prune.json")
+    p.add_argument("--render-only", action="store_true",
+                   help="rewrite prune.md and prune.png from prune.json (its summary recomputed)")
     p.add_argument("--collect", action="store_true", help="no runs: gather the datasets an earlier run finished in --work")
     args = p.parse_args(argv)
     # s4op: the published recipe unless overridden (--quick overrides it too)
@@ -231,7 +232,10 @@ def parse_args(argv=None):
 
 
 def render(out):
+    """prune.md and prune.png from prune.json, its summary recomputed with this code's choice rule."""
     saved = json.loads((out / "prune.json").read_text())
+    saved["targets"] = summarize(saved["datasets"])
+    (out / "prune.json").write_text(json.dumps(saved, indent=1))
     (out / "prune.md").write_text(markdown(saved["datasets"], saved["targets"], saved["config"]))
     plot(saved["datasets"], out / "prune.png", saved["config"])
 
