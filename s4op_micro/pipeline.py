@@ -33,9 +33,10 @@ from .core.outdir import MARKER, check_output_path
 from .core.progress import log
 from .data import load_dataset
 from .fit import FitOptions, fit
-from .models.checkpoint import load_checkpoint
+from .models.checkpoint import load_checkpoint, load_model
 from .prune import pareto
 from .prune.api import PruneOptions, parse_rates, prune
+from .prune.operators import Lineage, pruned_fraction
 from .toolchain.build import build
 from .train import evaluate_checkpoint, train
 
@@ -155,6 +156,15 @@ def cheapest_within(models, max_drop, score="selection_accuracy"):
     return min(within, key=lambda m: (m["cycles_per_step"], -m[score])) if within else None
 
 
+def milestones_after(rates, checkpoint):
+    """The guided milestones above the state fraction the checkpoint is already pruned to (an imported
+    S4oP model may start past some); none left: one halfway from there to fully pruned."""
+    model, ckpt = load_model(checkpoint)
+    start = pruned_fraction(model, Lineage.of(model, ckpt.get("pruning")))
+    left = [r for r in parse_rates(rates, "--guided-rates") if r > start + 1e-9]
+    return ",".join(f"{r:g}" for r in left) if left else f"{(1 + start) / 2:.4f}"
+
+
 def coeff_bits_of(checkpoint):
     """The recurrence coefficient width `fit` chose for this model by int8 CV (8 for other models)."""
     return load_checkpoint(checkpoint)["metrics"].get("fit", {}).get("coeff_bits", 8)
@@ -178,8 +188,9 @@ def run_stage(stage, o, run, results):
         return {"base": train(out=run / "train", epochs=o.epochs, seed=o.seed, force=True, **data).to_dict()}
     if stage.startswith("prune-"):
         strategy = stage.split("-", 1)[1]
-        options = PruneOptions(strategy=strategy, coeff_bits=coeff_bits_of(base), rates=o.guided_rates if strategy == "guided" else o.rates, seeds=o.seeds, finetune_epochs=o.finetune_epochs,
-                               board=o.board, seed=o.seed, data_source={k: v for k, v in data.items() if v},
+        rates = milestones_after(o.guided_rates, base) if strategy == "guided" else o.rates
+        options = PruneOptions(strategy=strategy, coeff_bits=coeff_bits_of(base), rates=rates, seeds=o.seeds,
+                               finetune_epochs=o.finetune_epochs, board=o.board, seed=o.seed, data_source={k: v for k, v in data.items() if v},
                                **(GUIDED if strategy == "guided" else S4OP))
         return {strategy: prune(base, run / "prune", options, measure=deploy.firmware_measure).to_dict()}
     if stage == "export":

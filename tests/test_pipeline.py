@@ -53,3 +53,18 @@ def test_exports_use_the_coefficient_width_fit_chose(tmp_path):
     save_checkpoint(tmp_path / "fit.pt", model, norm, {"name": "gunpoint"}, {"fit": {"coeff_bits": 16}})
     save_checkpoint(tmp_path / "train.pt", model, norm, {"name": "gunpoint"}, {"test_accuracy": 0.5})
     assert (coeff_bits_of(tmp_path / "fit.pt"), coeff_bits_of(tmp_path / "train.pt")) == (16, 8)
+
+
+def test_guided_milestones_start_past_an_already_pruned_model(tmp_path, monkeypatch):
+    """An imported S4oP model may be pruned already: the guided stage keeps the milestones above it."""
+    from s4op_micro import pipeline as pl
+    from s4op_micro.models import SequenceClassifier
+    from s4op_micro.models.checkpoint import save_checkpoint
+
+    model = SequenceClassifier(d_input=1, n_classes=2, d_model=4, d_state=4, n_layers=1)
+    save_checkpoint(tmp_path / "m.pt", model, {"mean": [0.0], "std": [1.0]}, {"name": "gunpoint"}, {"test_accuracy": 0.5})
+    assert pl.milestones_after("0.1,0.3,0.5,0.7", tmp_path / "m.pt") == "0.1,0.3,0.5,0.7"
+    monkeypatch.setattr(pl, "pruned_fraction", lambda model, lineage: 0.469)
+    assert pl.milestones_after("0.1,0.3,0.5,0.7", tmp_path / "m.pt") == "0.5,0.7"
+    monkeypatch.setattr(pl, "pruned_fraction", lambda model, lineage: 0.8)
+    assert pl.milestones_after("0.1,0.3,0.5,0.7", tmp_path / "m.pt") == "0.9000"
