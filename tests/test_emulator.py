@@ -359,9 +359,10 @@ def test_saturating_state_bit_exact_on_m0plus(gp, tmp_path, d_state):
     the odd-mode block and the pair loop, 4 the pair loop alone."""
     from s4op_micro.models import SequenceClassifier
     from s4op_micro.quant.qmodel import load_qmodel
+    import torch
+
     from s4op_micro.quant.reference import IntegerReference
 
-    torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     m = SequenceClassifier(1, 2, d_model=4, d_state=d_state, n_layers=2)
     with torch.no_grad():
