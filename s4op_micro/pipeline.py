@@ -15,8 +15,8 @@ the stage before it). A recorded stage whose key still matches is not redone; a 
 redoes that stage and every later one, and says so. Two models go through export and the firmware
 stages: the trained one (`base`) and the pruned one the job keeps (`pruned`: the cheapest guided
 model within max_drop accuracy points of the base on the selection set, validation + training
-sequences; the base itself when none is). The results table is saved as RUN/results.md and RUN/results.json, the plots as
-RUN/prune/pareto.png and RUN/layers.png.
+sequences; the base itself when none is). The results table is saved as RUN/results.md and
+RUN/results.json, the plots as RUN/prune/pareto.png and RUN/layers.png.
 """
 
 import hashlib
@@ -190,7 +190,8 @@ def run_stage(stage, o, run, results):
         strategy = stage.split("-", 1)[1]
         rates = milestones_after(o.guided_rates, base) if strategy == "guided" else o.rates
         options = PruneOptions(strategy=strategy, coeff_bits=coeff_bits_of(base), rates=rates, seeds=o.seeds,
-                               finetune_epochs=o.finetune_epochs, board=o.board, seed=o.seed, data_source={k: v for k, v in data.items() if v},
+                               finetune_epochs=o.finetune_epochs, board=o.board, seed=o.seed,
+                               data_source={k: v for k, v in data.items() if v},
                                **(GUIDED if strategy == "guided" else S4OP))
         return {strategy: prune(base, run / "prune", options, measure=deploy.firmware_measure).to_dict()}
     if stage == "export":
