@@ -141,19 +141,19 @@ def _key(inputs):
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cheapest_within(models, max_drop, score="selection_accuracy"):
-    """Among pareto.json's models, the cheapest guided one whose `score` is within max_drop points of
-    the start model's: by default the float accuracy on the selection set (validation + training
-    sequences, prune.finetune.selection_set). Scoring the integer reference instead
-    ("selection_accuracy_int8", recorded too) was measured worse on the main job: on gunpoint it
-    rejected the 2.1x model for one of 50 sequences (its test accuracy: 0.67 points below the base's
-    firmware), and on digits it let the same 2.2x model through as the float score (int8 -0.2 points
-    on 543 sequences, -1.7 on the test set). Test accuracy decides nothing: it is what we report. None
-    when no pruned model qualifies."""
+def cheapest_within(models, max_drop):
+    """Among pareto.json's models, the cheapest guided one whose accuracy on the selection set
+    (validation + training sequences, prune.finetune.selection_set) is within max_drop points of the
+    start model's. Scoring the integer reference there instead was measured worse on the main job: on
+    gunpoint it rejected the 2.1x model for one of 50 sequences (its test accuracy: 0.67 points below
+    the base's firmware), and on digits it let the same 2.2x model through as the float score (int8
+    -0.2 points on 543 sequences, -1.7 on the test set). Test accuracy decides nothing: it is what we
+    report. None when no pruned model qualifies."""
+    key = "selection_accuracy"
     guided = [m for m in models if m["strategy"] == "guided"]
-    start = next((m[score] for m in models if m["strategy"] in START), None)
-    within = [m for m in guided if start is not None and 100 * (start - m[score]) <= max_drop + 1e-9]
-    return min(within, key=lambda m: (m["cycles_per_step"], -m[score])) if within else None
+    start = next((m[key] for m in models if m["strategy"] in START), None)
+    within = [m for m in guided if start is not None and 100 * (start - m[key]) <= max_drop + 1e-9]
+    return min(within, key=lambda m: (m["cycles_per_step"], -m[key])) if within else None
 
 
 def milestones_after(rates, checkpoint):

@@ -20,7 +20,6 @@ from ..core.errors import UserError
 from ..core.outdir import atomic_output_dir
 from ..models.checkpoint import load_model, save_checkpoint
 from ..quant.cost import cost_report
-from ..quant.reference import int8_accuracy
 from ..train import GENERIC_DEFAULTS, evaluate, load_data_for, parse_augment
 from . import pareto
 from .controller import DEFAULT_RATES, GRANULARITIES, STRATEGIES, Candidate, Context, Settings, run
@@ -227,7 +226,6 @@ def entry(o, strategy, rate, cand, path, data, oracle, board, epochs):
         "rate": round(rate, 4), "pruned_fraction": round(pruned_fraction(model, lineage), 4), "strategy": strategy,
         "path": str(path), "accuracy": test["accuracy"], "test_loss": test["loss"], "val_accuracy": val,
         "selection_accuracy": evaluate(model, x_sel, y_sel)["accuracy"], "selection_n": len(y_sel),
-        "selection_accuracy_int8": int8_accuracy(model, data.x_train, x_sel, y_sel, o.coeff_bits),
         "operators": operators_kept(model, lineage), "d_model": model.config["d_model"],
         "pruned": summary(model, lineage),
         "params": effective_params(model), "flash_bytes": report["flash_bytes"], "ram_bytes": report["ram_bytes"],

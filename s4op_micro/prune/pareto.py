@@ -7,8 +7,7 @@ ssm_weight_decay, warmup_epochs, schedule, grad_clip, patience, epochs, batch_si
 replaced a default). Each model entry has rate (nominal fraction of operators pruned),
 pruned_fraction (actual, over state modes), strategy ("s4op", "guided", or "unpruned" / "start" for
 the model pruning started from), path (absolute), accuracy (test, fraction), val_accuracy,
-selection_accuracy, selection_accuracy_int8 (the integer reference of its export) and selection_n
-(validation + training sequences: finetune.selection_set), operators (active
+selection_accuracy and selection_n (validation + training sequences: finetune.selection_set), operators (active
 per original layer, 0 for a dropped block), pruned (per original layer: bypassed, removed,
 modes_pruned, block_removed), params, flash_bytes, ram_bytes, cycles_per_step, cycles_source,
 finetune_epochs, board. Running the other strategy into the same DIR keeps this one's entries.
