@@ -357,8 +357,9 @@ def deployed_figures(dataset, seed, workdir, quick=False, budget=None):
         "macs_per_sequence": fw["macs_per_step"] * seq_len,
         "instructions_per_step": fw["instructions_per_step"], "instructions_per_decision": fw["instructions_per_step"],
         "instructions_per_sequence": fw["instructions_per_step"] * seq_len, "cycles_per_step": fw["cycles_per_step"],
-        "seq_len": seq_len, "shape": f"H={c['d_model']} N={c['d_state']} x{c['n_layers']} {c['coeff_bits']}b",
-        "kind": c["kind"],
+        "seq_len": seq_len, "shape": f"H={c['d_model']} N={c['d_state']} x{c['n_layers']} {c['coeff_bits']}b"
+                                          + (" qat" if c.get("qat") else ""),
+        "kind": c["kind"], "qat": bool(c.get("qat")),
         "augment": c["augment"], "budget": doc["budget"], "fit_seconds": doc["seconds"], "reused": reused}}
 
 

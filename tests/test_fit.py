@@ -1,7 +1,9 @@
 """`s4op-micro fit`: the search respects the budget, cross-validates on the training set only (repeated
 with fresh splits for the finalists), gives the same results on 1 and 2 workers, records every searched
-point, deploys the coefficient width whose int8 CV accuracy is best, and writes a checkpoint that exports
-and runs bit-exactly on the host. Tiny search spaces and 1-2 epochs."""
+point, deploys the coefficient width whose int8 CV accuracy is best and QAT only where it raises the int8
+CV accuracy of the same fold models, gives way to the next point when a model misses the budget once
+compiled, and writes a checkpoint that exports and runs bit-exactly on the host. Tiny search spaces and
+1-2 epochs."""
 
 import json
 from pathlib import Path
@@ -20,7 +22,7 @@ from s4op_micro.quant.cost import cost_report
 from conftest import assert_clean_error, run_cli_json
 
 TINY = dict(dataset="gunpoint", d_models=(4, 8), d_states=(4,), n_layers=(1, 2), candidates=2, folds=2, epochs=1,
-            augment=False, prune=False, measure=False)
+            augment=False, prune=False, qat=False, measure=False)
 
 
 def test_fit_end_to_end_writes_a_checkpoint_that_runs_bit_exactly(tmp_path, capsys):
@@ -30,14 +32,17 @@ def test_fit_end_to_end_writes_a_checkpoint_that_runs_bit_exactly(tmp_path, caps
                                   "--epochs", "1", "--max-macs-per-step", "400", "--json")
     assert code == 0, err
     doc = json.loads((out / "fit.json").read_text())
-    # every searched point is recorded: the candidates, the winner with augmentation, the pruned path
-    kinds = [(p["kind"], p["augment"]) for p in doc["points"]]
-    assert kinds == [("direct", ""), ("direct", ""), ("direct", "scale,jitter"), ("pruned", "")]
-    # the 2 finalists: 3 repetitions of the 2 folds; the others: one
-    assert [len(p["cv_accuracies"]) for p in doc["points"]] == [6 if p.get("finalist") else 2 for p in doc["points"]]
+    # every searched point is recorded: the candidates, the winner with augmentation, the pruned path, and
+    # the best finalist QAT fine-tuned
+    kinds = [(p["kind"], p["augment"], bool(p.get("qat"))) for p in doc["points"]]
+    assert kinds[:4] == [("direct", "", False), ("direct", "", False), ("direct", "scale,jitter", False),
+                         ("pruned", "", False)] and kinds[4][2] and len(kinds) == 5
+    # the 2 finalists and the QAT point: 3 repetitions of the 2 folds; the others: one
+    assert [len(p["cv_accuracies"]) for p in doc["points"]] == [6 if p.get("finalist") or p.get("qat") else 2
+                                                               for p in doc["points"]]
     assert sum(bool(p.get("finalist")) for p in doc["points"]) == 2
-    # both coefficient widths scored and priced on every point; the deployed one is the point's
-    assert all([w["coeff_bits"] for w in p["widths"]] == [8, 16] for p in doc["points"])
+    # both coefficient widths scored and priced on every point (a QAT point: its own); the deployed one is the point's
+    assert all([w["coeff_bits"] for w in p["widths"]] == ([p["qat"]] if p.get("qat") else [8, 16]) for p in doc["points"])
     assert fw_bits_of(doc) == doc["chosen"]["coeff_bits"]
     assert sum(bool(p.get("chosen")) for p in doc["points"]) == 1
     assert len(doc["grid"]) == 4 and all(g["macs_per_step"] <= 400 for g in doc["grid"] if not g["over"])
@@ -185,3 +190,97 @@ def test_fit_deploys_16_bit_coefficients_where_8_bits_lose(tmp_path, monkeypatch
     assert res.firmware["mismatches"] == 0
     # the test-set int8 figure of the deployed width is the firmware's (calibrated as export calibrates)
     assert res.chosen["test_int8"][1]["accuracy"] == res.firmware["accuracy"]
+
+
+def _qat_fit(tmp_path, **extra):
+    opts = {**TINY, "d_models": (4,), "n_layers": (1,), "repeats": 2, "qat": True, "epochs": 20, **extra}
+    res = fit(out=tmp_path / "a", options=FitOptions(**opts), quiet=True)
+    return res, json.loads((tmp_path / "a" / "fit.json").read_text())
+
+
+def test_qat_is_tried_on_the_winners_own_fold_models_and_kept_only_if_its_int8_cv_is_higher(tmp_path, monkeypatch):
+    """A real QAT fine-tune of the winner's fold models (the same splits and seeds: a paired comparison),
+    then one made harmful (the decoder negated after QAT): the harmful one is recorded but not deployed."""
+    from s4op_micro.fit import cv
+
+    res, doc = _qat_fit(tmp_path)
+    winner, qat = doc["points"]
+    assert qat["qat"] == winner["coeff_bits"] and qat["label"] == winner["label"] + f" +qat{winner['coeff_bits']}"
+    assert [(r["repeat"], r["fold"], r["seed"]) for r in qat["cv_runs"]] == \
+        [(r["repeat"], r["fold"], r["seed"]) for r in winner["cv_runs"]]
+    assert [r["accuracy"] for r in qat["cv_runs"]] != [r["accuracy"] for r in winner["cv_runs"]] or \
+        [r["loss"] for r in qat["cv_runs"]] != [r["loss"] for r in winner["cv_runs"]]       # QAT changed the models
+    with_qat = qat["int8_cv_accuracy"] > winner["int8_cv_accuracy"]
+    assert bool(res.chosen.get("qat")) == with_qat and doc["recipe"]["qat"]["tried"]
+    assert load_model(res.model)[1]["metrics"]["fit"]["qat"] == (qat["qat"] if with_qat else None)
+
+    real = cv.qat_tune
+
+    def harmful(model, *a, **kw):
+        real(model, *a, **kw)
+        with torch.no_grad():
+            model.decoder.weight.neg_()
+            model.decoder.bias.neg_()
+        return model
+
+    monkeypatch.setattr(cv, "qat_tune", harmful)
+    res, doc = _qat_fit(tmp_path / "harmful")
+    winner, qat = doc["points"]
+    assert qat["int8_cv_accuracy"] < winner["int8_cv_accuracy"]
+    assert not res.chosen.get("qat") and res.chosen["label"] == winner["label"]
+
+
+def test_a_qat_point_that_wins_the_cv_is_deployed_with_a_qat_fine_tune(tmp_path, monkeypatch):
+    """int8 made to lose for every model that was not QAT fine-tuned (its decoder negated by the
+    reference's quantizer): the QAT point wins the CV, and the final model is QAT fine-tuned too."""
+    from s4op_micro import fit as fit_pkg
+    from s4op_micro.fit import cv
+
+    tuned = []
+
+    def marking(model, x, y, recipe, coeff_bits, seed):
+        model.qat_tuned = True
+        tuned.append(len(y))
+        return model
+
+    real = reference.quantize_model
+
+    def lossy(model, calib_x, coeff_bits=8):
+        q = real(model, calib_x, coeff_bits=coeff_bits)
+        if not getattr(model, "qat_tuned", False):
+            q.dec.w = -np.maximum(q.dec.w, -127)
+            q.dec.bias_eff = -q.dec.bias_eff
+        return q
+
+    monkeypatch.setattr(cv, "qat_tune", marking)
+    monkeypatch.setattr(fit_pkg, "qat_tune", marking)
+    monkeypatch.setattr(reference, "quantize_model", lossy)
+    res, doc = _qat_fit(tmp_path)
+    winner, qat = doc["points"]
+    assert qat["int8_cv_accuracy"] > winner["int8_cv_accuracy"]
+    assert res.chosen["qat"] == winner["coeff_bits"] and res.chosen["label"] == qat["label"]
+    n_train = len(fit_module.load_dataset(name="gunpoint", val_fraction=0.0).y_train)
+    assert tuned[-1] == n_train and len(tuned) == 2 * 2 + 1     # 2 repeats x 2 folds, then the final model
+
+
+def test_a_model_that_misses_the_flash_budget_once_compiled_gives_way_to_the_next_point(tmp_path, monkeypatch):
+    """The compiled size is the last word: the deployed model's export is checked against the flash
+    budget (here made smaller than the compiled model of the first point) and the next point is deployed."""
+    compiled = []
+    real_export = fit_module.deploy.export
+
+    def export(*a, **kw):
+        r = real_export(*a, **kw)
+        compiled.append(r.report["sizes_measured"]["flash_bytes"])
+        if len(compiled) == 1:          # the first point's real size, over a budget 1 byte smaller
+            r.report["sizes_measured"]["flash_bytes"] = 10 ** 9
+        return r
+
+    monkeypatch.setattr(fit_module.deploy, "export", export)
+    opts = {**TINY, "d_states": (4, 8), "n_layers": (1,), "max_macs_per_step": 300, "measure": True, "repeats": 1}
+    res = fit(out=tmp_path / "a", options=FitOptions(**opts), quiet=True)
+    doc = json.loads((tmp_path / "a" / "fit.json").read_text())
+    first = [p for p in doc["points"] if p.get("final_missed_budget")]
+    assert len(first) == 1 and "compiled flash 1,000,000,000 B" in first[0]["final_missed_budget"]
+    assert res.chosen["label"] != first[0]["label"] and len(compiled) == 2
+    assert res.firmware["mismatches"] == 0 and fw_bits_of(doc) == res.chosen["coeff_bits"]

@@ -1,6 +1,7 @@
 """Command: `fit`."""
 
 from ..fit import FitOptions, fit
+from ..fit.space import COEFF_BITS
 from .common import at_least, emit, positive
 
 
@@ -14,18 +15,19 @@ def cmd_fit(args):
                    max_macs_per_step=args.max_macs_per_step, workers=args.workers, folds=args.folds, seeds=args.seeds,
                    repeats=args.repeats, finalists=args.finalists,
                    epochs=args.epochs, candidates=args.candidates, d_models=args.d_models, d_states=args.d_states,
-                   n_layers=args.n_layers, augment=not args.no_augment, prune=not args.no_prune,
+                   n_layers=args.n_layers, augment=not args.no_augment, prune=not args.no_prune, qat=not args.no_qat,
                    measure=not args.no_measure, seed=args.seed)
     res = fit(out=args.out, options=o, force=args.force)
 
     def human(r):
         c, fw = r["chosen"], r["firmware"]
-        lines = [f"{'point':<34} {'CV float':>8} {'int8 8b':>8} {'int8 16b':>8} {'bits':>4} {'MACs/step':>10} "
+        lines = [f"{'point':<42} {'CV float':>8} {'int8 8b':>8} {'int8 16b':>8} {'bits':>4} {'MACs/step':>10} "
                  f"{'cycles/step':>12} {'flash B':>8}"]
         for p in r["points"]:
             mark = " <- deployed" if p.get("chosen") else (" (over budget)" if p.get("over") else "")
-            int8 = " ".join(f"{w['int8_cv_accuracy']:>8.4f}" for w in p["widths"])
-            lines.append(f"{p['label']:<34} {p['cv_accuracy']:>8.4f} {int8} {p['coeff_bits']:>4} {p['macs_per_step']:>10,.0f} "
+            int8 = " ".join(next((f"{w['int8_cv_accuracy']:>8.4f}" for w in p["widths"] if w["coeff_bits"] == b),
+                                 f"{'-':>8}") for b in COEFF_BITS)   # a QAT point is scored at its own width
+            lines.append(f"{p['label']:<42} {p['cv_accuracy']:>8.4f} {int8} {p['coeff_bits']:>4} {p['macs_per_step']:>10,.0f} "
                          f"{p['cycles_per_step']:>12,.0f} {p['flash_bytes']:>8,.0f}{mark}")
         test8 = ", ".join(f"{w['coeff_bits']}-bit {w['accuracy']:.4f}" for w in c["test_int8"])
         lines.append(f"deployed {c['label']} at {c['coeff_bits']}-bit coefficients: int8 CV accuracy "
@@ -47,7 +49,7 @@ def register(sub):
                                    "cycles, at 8- and 16-bit recurrence coefficients), cross-validate the largest ones within the "
                                    "budget on the training set (float and int8 integer reference on the held-out folds), try "
                                    "augmentation and a twice-as-big model pruned to the winner's cycles, repeat the folds "
-                                   "for the finalists, train the best (shape and coefficient width by int8 CV accuracy) "
+                                   "for the finalists, try a QAT fine-tune of the best one's fold models, train the best (shape and coefficient width by int8 CV accuracy) "
                                    "on all training data and measure it in QEMU. Writes DIR/model.pt, fit.json, fit.png.")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--dataset", help="a shipped dataset (see `s4op-micro datasets`)")
@@ -75,6 +77,7 @@ def register(sub):
     p.add_argument("--n-layers", type=_ints, default=d.n_layers, help="comma list of depths searched")
     p.add_argument("--no-augment", action="store_true", help="do not try augmentation on the winner")
     p.add_argument("--no-prune", action="store_true", help="do not try a twice-as-big model pruned to the winner's cycles")
+    p.add_argument("--no-qat", action="store_true", help="do not try a quantization-aware fine-tune of the winner")
     p.add_argument("--no-measure", action="store_true", help="do not export and run the chosen model in QEMU")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--json", action="store_true", help="print one JSON object")

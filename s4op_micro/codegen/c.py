@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import __version__
 from ..quant import quantize as qz
+from ..quant.cost import UNROLL_LIMIT
 from ..core.resources import firmware_dir
 from .env import environment
 
@@ -72,7 +73,7 @@ def _layer_ctx(q, i, L, off):
            "n_active": int(np.sum(s.active)), "n_bypassed": int(K - np.sum(s.active)), "n_removed": H - K,
            "gelu": L.gelu, "a_q15": _words(s.a_re, s.a_im)}
     most = int(np.diff(ms).max(initial=0))
-    ctx["unroll"] = most if most <= 64 else 0      # unroll every channel's modes (a switch on the count)
+    ctx["unroll"] = most if most <= UNROLL_LIMIT else 0      # unroll every channel's modes (a switch on the count)
     ctx["pairs"] = bool(ctx["unroll"]) and not s.has_k and M > 0   # two modes per block, channels walked down
     if s.polar is not None:
         p = s.polar

@@ -17,12 +17,17 @@ and write DIR/model.pt (a normal checkpoint), DIR/fit.json (every searched point
      (scale,jitter), and a shape of about twice its cycles trained and then taken down to the winner's
      cycles by guided pruning (prune.api.prune, strategy guided, target_cycles).
   4. Less luck: the `finalists` best points are cross-validated `repeats` times in all, each repeat
-     with a fresh stratified split and fresh seeds; the best finalist by int8 CV accuracy is deployed.
-  5. Train the chosen recipe on all training data (`seeds` seeds, each keeping its last epoch of a
+     with a fresh stratified split and fresh seeds; the best finalist by int8 CV accuracy wins.
+  5. QAT (qat=True): the winner's fold models, the same ones (same splits and seeds), each get a
+     quantization-aware fine-tune at the winner's width (cv.qat_tune: QAT_EPOCHS through the
+     fake-quantized integer model) and are scored again; the QAT point is deployed only if its int8
+     CV accuracy is strictly higher (a paired comparison: it helps where rounding flips decisions).
+  6. Train the chosen recipe on all training data (`seeds` seeds, each keeping its last epoch of a
      cosine schedule; the seed with the lowest training loss is kept), prune it if the pruned path
-     won, check it against the budget at its width, score it on the test set once (float and int8 at
-     both widths: reported, chooses nothing) and, with measure=True, export it at its width and run it
-     in QEMU (deploy): firmware accuracy and measured instructions/cycles per step.
+     won, QAT fine-tune it if the QAT point won, check it against the budget at its width, score it on
+     the test set once (float and int8 at both widths: reported, chooses nothing) and, with
+     measure=True, export it at its width (compiled: a model whose real flash misses the budget gives
+     way to the next point) and run it in QEMU (deploy): firmware accuracy and measured cycles per step.
 
 Recipe: AdamW (train.fit), lr 0.01, cosine over all batches, batches of n/10 sequences (8 to 32),
 about UPDATES updates (epochs clamped to [MIN_EPOCHS, MAX_EPOCHS]), the last epoch kept. Seed
@@ -46,7 +51,7 @@ from ..models.checkpoint import load_model, save_checkpoint
 from ..prune.parallel import Executor, one_thread
 from ..train import dataset_record, evaluate, load_data_for
 from ..prune.latency import ANALYTIC
-from .cv import UPDATES, cross_validate, cv_splits, int8_scores, prune_to, recipe_for, train_one
+from .cv import QAT_EPOCHS, QAT_LR, UPDATES, cross_validate, cv_splits, int8_scores, prune_to, qat_tune, recipe_for, train_one
 from .plot import mark_front, plot
 from .space import COEFF_BITS, budget_of, costs, largest, over_budget, price_grid
 
@@ -79,6 +84,7 @@ class FitOptions:
     n_layers: tuple = N_LAYERS
     augment: bool = True               # step 3: try augmentation on the winner
     prune: bool = True                 # step 3: try twice the cycles taken down by guided pruning
+    qat: bool = True                   # step 5: try a QAT fine-tune of the winner
     measure: bool = True               # export the chosen model and run it in QEMU
     seed: int = 0
 
@@ -114,7 +120,8 @@ def check_options(o):
 
 
 def point(shape, costs_, kind, augment="", **extra):
-    label = f"{kind} H={shape['d_model']} N={shape['d_state']} x{shape['n_layers']}" + (f" +{augment}" if augment else "")
+    label = f"{kind} H={shape['d_model']} N={shape['d_state']} x{shape['n_layers']}" + (f" +{augment}" if augment else "") \
+        + (f" +qat{extra['qat']}" if extra.get("qat") else "")
     return {**{k: shape[k] for k in ("d_model", "d_state", "n_layers")}, "kind": kind, "augment": augment, "label": label,
             **{k: costs_[k] for k in ("flash_bytes", "ram_bytes", "macs_per_step", "cycles_per_step", "latency_us",
                                       "params")}, **extra}
@@ -138,7 +145,7 @@ def twice(winner, grid, board_budget):
 
 
 class MissedBudget(Exception):
-    """The final pruned model is over the budget (its folds' models were not)."""
+    """The final model is over the budget: a pruned one (its folds' models were not), or once compiled."""
 
 
 def search(o, shared, grid, feasible, budget, board, executor, log):
@@ -162,7 +169,15 @@ def search(o, shared, grid, feasible, budget, board, executor, log):
         cross_validate(finalists, shared, o, executor, budget, log, repeats=range(1, o.repeats))
     for p in finalists:
         p["finalist"] = True
-    return points, ranked(finalists)[0]
+    best = ranked(finalists)[0]
+    if not o.qat:
+        return points, best
+    qat = point(best, best, best["kind"], best["augment"], qat=best["coeff_bits"],
+                **{k: best[k] for k in ("prune_to", "trained") if k in best})
+    log(f"fit: {best['label']}: a QAT fine-tune of its {o.repeats * o.folds * o.seeds} fold models at "
+        f"{best['coeff_bits']}-bit coefficients")
+    points += cross_validate([qat], shared, o, executor, budget, log, repeats=range(o.repeats))
+    return points, ranked([best, qat])[0]      # ties: no QAT
 
 
 def fit(*, out, options=None, force=False, quiet=False) -> FitResult:
@@ -198,33 +213,18 @@ def fit(*, out, options=None, force=False, quiet=False) -> FitResult:
         f"-bit coefficients, {o.workers} worker{'s' * (o.workers > 1)})")
     with atomic_output_dir(out, force=force) as tmp, Executor(shared, workers=o.workers) as executor:
         points, chosen = search(o, shared, grid, feasible, budget, board, executor, log)
-        log(f"fit: chosen {chosen['label']} at {chosen['coeff_bits']}-bit coefficients (int8 CV accuracy "
-            f"{chosen['int8_cv_accuracy']:.4f}); training it on all {len(loaded.y_train)} training sequences")
-        try:
-            model, final = final_model(chosen, loaded, meta, recipe, o, board, tmp, budget, log)
-        except MissedBudget as e:   # the pruned path's final model missed it: deploy the best direct point
-            chosen["final_missed_budget"] = str(e)
-            log(f"fit: the pruned model misses the budget ({e}); deploying the best direct point instead")
-            chosen = ranked([p for p in points if p["kind"] == "direct"])[0]
-            model, final = final_model(chosen, loaded, meta, recipe, o, board, tmp, budget, log)
-        test = evaluate(model, loaded.x_test, loaded.y_test)
-        final.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
+        for candidate in deploy_order(chosen, points):
+            try:
+                model, test, final, firmware = deploy_point(candidate, loaded, meta, recipe, o, board, tmp, out,
+                                                            budget, log)
+                break
+            except MissedBudget as e:   # a pruned model (estimate) or a compiled one missed it: the next point
+                candidate["final_missed_budget"] = str(e)
+                log(f"fit: {candidate['label']} misses the budget ({e}); deploying the next point instead")
+        else:
+            raise UserError("no searched point meets the budget once trained and compiled; raise the --max-* limits")
+        chosen = candidate
         chosen["chosen"] = True
-        hp = {**{k: chosen[k] for k in ("d_model", "d_state", "n_layers")}, **recipe, "augment": chosen["augment"],
-              "val_fraction": 0.0}
-        metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "val_accuracy": None,
-                   "cv_accuracy": chosen["cv_accuracy"], "int8_cv_accuracy": chosen["int8_cv_accuracy"],
-                   "hyperparameters": hp, "seed": final["seed"],
-                   "fit": {"kind": chosen["kind"], "board": board.name, "budget": budget,
-                           "coeff_bits": chosen["coeff_bits"]}}
-        extra = {"pruning": final.pop("pruning")} if final.get("pruning") else {}
-        save_checkpoint(tmp / "model.pt", model, loaded.normalization, dataset_record(loaded, o.data, o.root), metrics,
-                        **extra)
-        # both widths on the test set, calibrated as export calibrates (reported: chooses nothing)
-        calib = load_data_for(load_model(tmp / "model.pt")[1], dataset=o.dataset, data=o.data, root=o.root).x_train
-        final["test_int8"] = [{"coeff_bits": w["coeff_bits"], "accuracy": w["accuracy"]}
-                              for w in int8_scores(model, calib, loaded.x_test, loaded.y_test, board)]
-        firmware = measure(tmp, out, o, board, budget, chosen["coeff_bits"], log) if o.measure else None
         mark_front(points)
         doc = {"format": "s4op-micro/fit-2", "dataset": loaded.name, "board": board.name, "budget": budget,
                "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(o).items()},
@@ -233,6 +233,9 @@ def fit(*, out, options=None, force=False, quiet=False) -> FitResult:
                           "selection": "highest mean int8 CV accuracy (integer reference on the held-out folds) of "
                                        "(shape, coefficient width) within the budget, ties: fewer cycles, less flash; "
                                        "the finalists cross-validated `repeats` times",
+                          "qat": {"epochs": QAT_EPOCHS, "lr": QAT_LR, "tried": o.qat,
+                                  "rule": "the winner's fold models QAT fine-tuned at its width; deployed with QAT "
+                                          "only if that int8 CV accuracy is strictly higher"},
                           "final": "all training data, last epoch; of the seeds the lowest training loss",
                           "ensemble": "not folded (independent SSMs cannot be weight-averaged; no distillation)"},
                "train_sequences": int(len(loaded.y_train)), "test_sequences": int(len(loaded.y_test)),
@@ -251,9 +254,42 @@ def fit(*, out, options=None, force=False, quiet=False) -> FitResult:
                      points=points, firmware=firmware, seconds=round(time.time() - started, 1), budget=budget)
 
 
+def deploy_order(chosen, points):
+    """The chosen point, then (should it miss the budget once trained or compiled) the direct points
+    within the budget, best first."""
+    return [chosen] + [p for p in ranked(points) if p is not chosen and p["kind"] == "direct" and not p.get("over")
+                       and not p.get("qat")]
+
+
+def deploy_point(chosen, loaded, meta, recipe, o, board, tmp, out, budget, log):
+    """Train the chosen point on all training data, save OUT/model.pt, score it on the test set (reported
+    only) and, with measure, export and run it: (model, test figures, final figures, firmware figures)."""
+    log(f"fit: chosen {chosen['label']} at {chosen['coeff_bits']}-bit coefficients (int8 CV accuracy "
+        f"{chosen['int8_cv_accuracy']:.4f}); training it on all {len(loaded.y_train)} training sequences")
+    model, final = final_model(chosen, loaded, meta, recipe, o, board, tmp, budget, log)
+    test = evaluate(model, loaded.x_test, loaded.y_test)
+    final.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
+    hp = {**{k: chosen[k] for k in ("d_model", "d_state", "n_layers")}, **recipe, "augment": chosen["augment"],
+          "val_fraction": 0.0}
+    metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "val_accuracy": None,
+               "cv_accuracy": chosen["cv_accuracy"], "int8_cv_accuracy": chosen["int8_cv_accuracy"],
+               "hyperparameters": hp, "seed": final["seed"],
+               "fit": {"kind": chosen["kind"], "board": board.name, "budget": budget,
+                       "coeff_bits": chosen["coeff_bits"], "qat": chosen.get("qat")}}
+    extra = {"pruning": final.pop("pruning")} if final.get("pruning") else {}
+    save_checkpoint(tmp / "model.pt", model, loaded.normalization, dataset_record(loaded, o.data, o.root), metrics,
+                    **extra)
+    # both widths on the test set, calibrated as export calibrates (reported: chooses nothing)
+    calib = load_data_for(load_model(tmp / "model.pt")[1], dataset=o.dataset, data=o.data, root=o.root).x_train
+    final["test_int8"] = [{"coeff_bits": w["coeff_bits"], "accuracy": w["accuracy"]}
+                          for w in int8_scores(model, calib, loaded.x_test, loaded.y_test, board)]
+    firmware = measure(tmp, out, o, board, budget, chosen["coeff_bits"], log) if o.measure else None
+    return model, test, final, firmware
+
+
 def final_model(chosen, loaded, meta, recipe, o, board, tmp, budget, log):
     """The chosen recipe trained on all training data: of `seeds` seeds the lowest training loss; pruned
-    to the budget if the pruned path won. (model, figures)."""
+    to the budget if the pruned path won, QAT fine-tuned if the QAT point won. (model, figures)."""
     x, y = loaded.x_train, loaded.y_train
     runs = []
     for s in range(o.seeds):
@@ -274,6 +310,9 @@ def final_model(chosen, loaded, meta, recipe, o, board, tmp, budget, log):
         model, ckpt = load_model(path)
         final.update(info, pruning=ckpt.get("pruning"))
         shutil.rmtree(work)
+    if chosen.get("qat"):
+        with one_thread():
+            qat_tune(model, x, y, recipe, chosen["qat"], o.seed + s)
     c = costs(model, board, chosen["coeff_bits"])
     final.update({f"final_{k}": v for k, v in c.items()})
     over = over_budget(c, budget)
@@ -287,7 +326,11 @@ def measure(tmp, out, o, board, budget, coeff_bits, log):
     log(f"fit: exporting the chosen model ({coeff_bits}-bit coefficients) and running it in QEMU ({board.name})")
     src = {"dataset": o.dataset, "data": o.data, "root": o.root}
     export = deploy.export(str(tmp / "model.pt"), board=board.name, out=tmp / "export", formats="c",
-                           coeff_bits=coeff_bits, **src)
+                           coeff_bits=coeff_bits, force=True, **src)
+    compiled = (export.report["sizes_measured"] or {}).get("flash_bytes")
+    if compiled is not None and compiled > budget["flash_bytes"]:
+        raise MissedBudget(f"compiled flash {compiled:,} B > {budget['flash_bytes']:,} B (estimated "
+                           f"{export.report['estimate']['flash_bytes']:,} B)")
     res = deploy.run(tmp / "export", target="qemu", board=board.name, **src)
     fw = {k: res.get(k) for k in ("accuracy", "float_accuracy", "reference_accuracy", "mismatches", "n_sequences",
                                   "steps", "instructions_per_step", "cycles_per_step", "cycles_source")}

@@ -1,8 +1,10 @@
 """fit's cross-validation: K stratified folds of the training set (repeated with fresh splits for the
 finalists), one task per (point, repeat, fold, seed) on prune.parallel.Executor. A task trains on the
-fold's training part (pruned to a cycle target on the pruned path) and scores its held-out part twice:
+fold's training part (pruned to a cycle target on the pruned path; on a QAT point then fine-tuned
+through the fake-quantized integer model at the point's width) and scores its held-out part twice:
 the float model, and the numpy integer reference (the firmware's exact arithmetic) at each coefficient
-width, calibrated on the fold's training part as export calibrates on the training set."""
+width (a QAT point: its own), calibrated on the fold's training part as export calibrates on the
+training set."""
 
 import math
 import tempfile
@@ -17,7 +19,8 @@ from ..data.core import fit_normalization, normalize
 from ..models.checkpoint import load_model, save_checkpoint
 from ..prune.api import PruneOptions, prune
 from ..prune.controller import GRANULARITIES
-from ..quant.reference import int8_accuracy
+from ..quant.qat import make_qat_forward
+from ..quant.reference import CALIB_SAMPLES, int8_accuracy
 from ..train import evaluate, fit as train_fit, parse_augment
 from .space import COEFF_BITS, COST_KEYS, costs, make_model, over_budget
 
@@ -25,6 +28,8 @@ LR = 0.01
 UPDATES = 400
 MIN_EPOCHS, MAX_EPOCHS = 30, 100
 PRUNE_FINETUNE_EPOCHS = 5
+QAT_EPOCHS = 5              # the QAT fine-tune: a tenth of the training's learning rate, its batches, last epoch
+QAT_LR = LR / 10
 
 
 def cv_splits(y, folds, seed):
@@ -67,11 +72,20 @@ def train_one(data, shape, x, y, recipe, augment, seed):
     return model
 
 
-def int8_scores(model, x_calib, x, y, board):
+def qat_tune(model, x, y, recipe, coeff_bits, seed):
+    """Fine-tune `model` in place through the fake-quantized integer model at coeff_bits, calibrated on
+    x as export calibrates (its first CALIB_SAMPLES sequences)."""
+    forward = make_qat_forward(model, x[:CALIB_SAMPLES], coeff_bits)
+    train_fit(model, _Split(x, y), QAT_EPOCHS, QAT_LR, recipe["batch_size"], seed=seed, progress=False,
+              forward_fn=forward)
+    return model
+
+
+def int8_scores(model, x_calib, x, y, board, widths=COEFF_BITS):
     """Per coefficient width: the integer reference's accuracy on (x, y) and the model's costs at that width."""
     model.eval()
     out = []
-    for bits in COEFF_BITS:
+    for bits in widths:
         out.append({"coeff_bits": bits, "accuracy": int8_accuracy(model, x_calib, x, y, bits),
                     **costs(model, board, bits)})
     return out
@@ -89,8 +103,11 @@ def cv_task(task, shared):
     out = {}
     if task.get("prune_to"):
         model, out = _pruned(model, shared, x_tr, y_tr, x_va, y_va, recipe, task)
+    if task.get("qat"):
+        qat_tune(model, x_tr, y_tr, recipe, task["qat"], task["seed"])
     res = evaluate(model, x_va, y_va)
-    widths = int8_scores(model, x_tr, x_va, y_va, get_board(shared["board"]))
+    widths = int8_scores(model, x_tr, x_va, y_va, get_board(shared["board"]), (task["qat"],) if task.get("qat")
+                         else COEFF_BITS)
     return {**{k: task[k] for k in ("repeat", "fold", "seed")}, "pruned_fraction": out.get("pruned_fraction"),
             "accuracy": res["accuracy"], "loss": res["loss"], "widths": widths, "seconds": round(time.time() - start, 1)}
 
@@ -133,14 +150,15 @@ def _mean(values, digits=2):
 def summarize(p, budget):
     """Fill point p's figures from its runs (p["cv_runs"]): float CV accuracy, and per coefficient width the
     int8 CV accuracy and the fold models' mean costs; the point takes the width with the best int8 CV
-    accuracy within the budget (ties: fewer cycles, less flash, the narrower width)."""
+    accuracy within the budget (ties: fewer cycles, less flash, the narrower width). A QAT point was
+    scored at its own width only."""
     rs = p["cv_runs"]
     accs = [r["accuracy"] for r in rs]
     p.update(cv_accuracy=float(np.mean(accs)), cv_std=float(np.std(accs)), cv_accuracies=accs,
              cv_loss=float(np.mean([r["loss"] for r in rs])), cv_seconds=round(sum(r["seconds"] for r in rs), 1),
              cv_evaluations=len(rs))
     widths = []
-    for j, bits in enumerate(COEFF_BITS):
+    for j, bits in enumerate(w["coeff_bits"] for w in rs[0]["widths"]):
         ws = [r["widths"][j] for r in rs]
         a = [w["accuracy"] for w in ws]
         c = {k: _mean([w[k] for w in ws]) for k in COST_KEYS}
@@ -157,7 +175,7 @@ def summarize(p, budget):
 def cross_validate(points, shared, o, executor, budget, log, repeats=(0,)):
     """Add the runs of `repeats` (K folds x o.seeds seeds each) to every point, then summarize it; a line per point."""
     tasks = [{**{k: p[k] for k in ("d_model", "d_state", "n_layers")}, "augment": p["augment"],
-              "prune_to": p.get("prune_to"), "repeat": r, "fold": f, "seed": o.seed + r * o.seeds + s, "point": i}
+              "prune_to": p.get("prune_to"), "qat": p.get("qat"), "repeat": r, "fold": f, "seed": o.seed + r * o.seeds + s, "point": i}
              for i, p in enumerate(points) for r in repeats for f in range(o.folds) for s in range(o.seeds)]
     waiting = [len(tasks) // len(points)] * len(points)
     started = time.time()

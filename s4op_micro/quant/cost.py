@@ -2,8 +2,14 @@
 calibration): what the export checks against the board before calibrating, what `prune` reports
 for every candidate and what the analytic latency oracle prices.
 
-flash_bytes = const data (exactly what s4op_weights.c declares, padding aside) + CODE_BYTES.
+flash_bytes = const data (exactly what s4op_weights.c declares, padding aside) + code_bytes.
 ram_bytes   = the static state struct + the decoder's stack buffer.
+
+code_bytes (arm-none-eabi-gcc -Os, cortex-m7) grows with the layers and with each layer's unrolled mode
+loop (a switch over the channel's mode count, one case per mode up to the layer's largest count):
+base + per layer (PER_LAYER + PER_MODE x that count) + PER_CHANNEL x d_model. The constants are a
+least-squares fit to 26 compiled models (H 8-64, N 4-64, 1-4 layers, both widths): the largest error
+was 154 B, 1.3% of the model's flash (tests/test_export.py checks a spread of shapes against the compiler).
 
 Flash per layer (s4op_internal.h): channel records, mode records (c, B[, K + 2^14]) and A codes, the
 GELU and sigmoid tables, the int16 mixer weights [H][Kp/8][2][8] and rows, the two ADD input tables.
@@ -14,7 +20,9 @@ import numpy as np
 
 from .qmodel import QuantizedModel
 
-CODE_BYTES = {16: 2100, 8: 3130}   # -Os, the 32/32/2 model: step code (modes unrolled per layer) + reset
+# code bytes per coefficient width: (base, per layer, per unrolled mode of a layer, per residual channel)
+CODE_BYTES = {8: (1266, 499, 38.3, 4.0), 16: (658, 477, 38.4, 3.5)}
+UNROLL_LIMIT = 64             # codegen.c: a layer whose channels hold more modes runs a plain loop (not unrolled)
 
 RQ = 16                       # sizeof(s4op_requant_t)
 
@@ -58,6 +66,13 @@ def _n_kept(layer):
 
 def _fc_bytes(n_out, n_in):
     return n_out * n_in + n_out * (4 + RQ)          # weights + s4op_fc_row_t per row
+
+
+def code_size(shapes, coeff_bits):
+    base, per_layer, per_mode, per_channel = CODE_BYTES[coeff_bits]
+    unrolled = [max(L["modes_per_channel"], default=0) for L in shapes["layers"]]
+    return int(round(base + sum(per_layer + per_mode * (u if u <= UNROLL_LIMIT else 0) for u in unrolled)
+                     + per_channel * shapes["d_model"]))
 
 
 def cost_report(model_or_qmodel, coeff_bits=8):
@@ -108,7 +123,7 @@ def cost_report(model_or_qmodel, coeff_bits=8):
         macs += m_macs
         loads += m_loads
     ram = 4 * H + 4 + ram_modes + H + 2 * max_kp + 4 + 2 * H + pre_ln
-    code = CODE_BYTES[coeff_bits]
+    code = code_size(sh, coeff_bits)
     return {"flash_bytes": flash + code, "const_bytes": flash, "code_bytes": code, "code_bytes_estimated": True,
             "ram_bytes": ram, "macs_per_step": macs, "loads_per_step": loads, "coeff_bits": coeff_bits,
             "modes": total_modes, "layers": layers}
