@@ -22,7 +22,7 @@ from s4op_micro.quant.cost import cost_report
 from conftest import assert_clean_error, run_cli_json
 
 TINY = dict(dataset="gunpoint", d_models=(4, 8), d_states=(4,), n_layers=(1, 2), candidates=2, folds=2, epochs=1,
-            augment=False, prune=False, qat=False, measure=False)
+            augment=False, long=False, prune=False, qat=False, measure=False)
 
 
 def test_fit_end_to_end_writes_a_checkpoint_that_runs_bit_exactly(tmp_path, capsys):
@@ -32,11 +32,14 @@ def test_fit_end_to_end_writes_a_checkpoint_that_runs_bit_exactly(tmp_path, caps
                                   "--epochs", "1", "--max-macs-per-step", "400", "--json")
     assert code == 0, err
     doc = json.loads((out / "fit.json").read_text())
-    # every searched point is recorded: the candidates, the winner with augmentation, the pruned path, and
-    # the best finalist QAT fine-tuned
-    kinds = [(p["kind"], p["augment"], bool(p.get("qat"))) for p in doc["points"]]
-    assert kinds[:4] == [("direct", "", False), ("direct", "", False), ("direct", "scale,jitter", False),
-                         ("pruned", "", False)] and kinds[4][2] and len(kinds) == 5
+    # every searched point is recorded: the candidates, the winner with augmentation, trained longer and
+    # both, the pruned path, and the best finalist QAT fine-tuned
+    kinds = [(p["kind"], p["augment"], bool(p.get("long")), bool(p.get("qat"))) for p in doc["points"]]
+    assert kinds[:6] == [("direct", "", False, False), ("direct", "", False, False), ("direct", "scale,jitter", False, False),
+                         ("direct", "", True, False), ("direct", "scale,jitter", True, False), ("pruned", "", False, False)]
+    assert kinds[6][3] and len(kinds) == 7
+    long = doc["points"][3]
+    assert long["label"].endswith(" +long") and long["cv_runs"][0]["seed"] == doc["points"][2]["cv_runs"][0]["seed"]
     # the 2 finalists and the QAT point: 3 repetitions of the 2 folds; the others: one
     assert [len(p["cv_accuracies"]) for p in doc["points"]] == [6 if p.get("finalist") or p.get("qat") else 2
                                                                for p in doc["points"]]
@@ -284,3 +287,12 @@ def test_a_model_that_misses_the_flash_budget_once_compiled_gives_way_to_the_nex
     assert len(first) == 1 and "compiled flash 1,000,000,000 B" in first[0]["final_missed_budget"]
     assert res.chosen["label"] != first[0]["label"] and len(compiled) == 2
     assert res.firmware["mismatches"] == 0 and fw_bits_of(doc) == res.chosen["coeff_bits"]
+
+
+def test_a_long_point_trains_about_four_times_the_updates():
+    from s4op_micro.fit.cv import LONG, MIN_EPOCHS, recipe_for
+
+    assert recipe_for(33) == {"lr": 0.01, "batch_size": 8, "epochs": 80}               # a gunpoint fold: 400 updates
+    assert recipe_for(33, long=True)["epochs"] == LONG * 80
+    assert recipe_for(958)["epochs"] == MIN_EPOCHS and recipe_for(958, long=True)["epochs"] == 53   # 1,600 updates
+    assert recipe_for(33, epochs=3, long=True)["epochs"] == 3 * LONG

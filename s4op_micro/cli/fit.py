@@ -15,7 +15,8 @@ def cmd_fit(args):
                    max_macs_per_step=args.max_macs_per_step, workers=args.workers, folds=args.folds, seeds=args.seeds,
                    repeats=args.repeats, finalists=args.finalists,
                    epochs=args.epochs, candidates=args.candidates, d_models=args.d_models, d_states=args.d_states,
-                   n_layers=args.n_layers, augment=not args.no_augment, prune=not args.no_prune, qat=not args.no_qat,
+                   n_layers=args.n_layers, augment=not args.no_augment, long=not args.no_long, prune=not args.no_prune,
+                   qat=not args.no_qat,
                    measure=not args.no_measure, seed=args.seed)
     res = fit(out=args.out, options=o, force=args.force)
 
@@ -48,7 +49,7 @@ def register(sub):
                        description="Price every (d_model, d_state, n_layers) of the grid (flash, RAM, MACs, analytic "
                                    "cycles, at 8- and 16-bit recurrence coefficients), cross-validate the largest ones within the "
                                    "budget on the training set (float and int8 integer reference on the held-out folds), try "
-                                   "augmentation and a twice-as-big model pruned to the winner's cycles, repeat the folds "
+                                   "longer training, augmentation and a twice-as-big model pruned to the winner's cycles, repeat the folds "
                                    "for the finalists, try a QAT fine-tune of the best one's fold models, train the best (shape and coefficient width by int8 CV accuracy) "
                                    "on all training data and measure it in QEMU. Writes DIR/model.pt, fit.json, fit.png.")
     g = p.add_mutually_exclusive_group(required=True)
@@ -76,6 +77,7 @@ def register(sub):
     p.add_argument("--d-states", type=_ints, default=d.d_states, help="comma list of state sizes searched (even)")
     p.add_argument("--n-layers", type=_ints, default=d.n_layers, help="comma list of depths searched")
     p.add_argument("--no-augment", action="store_true", help="do not try augmentation on the winner")
+    p.add_argument("--no-long", action="store_true", help="do not try 4x the training updates on the winner")
     p.add_argument("--no-prune", action="store_true", help="do not try a twice-as-big model pruned to the winner's cycles")
     p.add_argument("--no-qat", action="store_true", help="do not try a quantization-aware fine-tune of the winner")
     p.add_argument("--no-measure", action="store_true", help="do not export and run the chosen model in QEMU")

@@ -13,9 +13,9 @@ and write DIR/model.pt (a normal checkpoint), DIR/fit.json (every searched point
      with the better int8 CV accuracy within the budget, and points rank by it (ties: fewer cycles,
      less flash). Tasks run on prune.parallel.Executor (one torch thread each, seeded per task: the
      results do not depend on the worker count).
-  3. On the winner cross-validate two alternatives in the same way: the same shape with augmentation
-     (scale,jitter), and a shape of about twice its cycles trained and then taken down to the winner's
-     cycles by guided pruning (prune.api.prune, strategy guided, target_cycles).
+  3. On the winner cross-validate alternatives in the same way: the same shape trained LONG x longer,
+     with augmentation (scale,jitter), and both; and a shape of about twice its cycles trained and then
+     taken down to the winner's cycles by guided pruning (prune.api.prune, strategy guided, target_cycles).
   4. Less luck: the `finalists` best points are cross-validated `repeats` times in all, each repeat
      with a fresh stratified split and fresh seeds; the best finalist by int8 CV accuracy wins.
   5. QAT (qat=True): the winner's fold models, the same ones (same splits and seeds), each get a
@@ -51,7 +51,8 @@ from ..models.checkpoint import load_model, save_checkpoint
 from ..prune.parallel import Executor, one_thread
 from ..train import dataset_record, evaluate, load_data_for
 from ..prune.latency import ANALYTIC
-from .cv import QAT_EPOCHS, QAT_LR, UPDATES, cross_validate, cv_splits, int8_scores, prune_to, qat_tune, recipe_for, train_one
+from .cv import (LONG, QAT_EPOCHS, QAT_LR, UPDATES, cross_validate, cv_splits, int8_scores, prune_to, qat_tune,
+                 recipe_for, train_one)
 from .plot import mark_front, plot
 from .space import COEFF_BITS, budget_of, costs, largest, over_budget, price_grid
 
@@ -78,11 +79,12 @@ class FitOptions:
     repeats: int = 3                   # K-fold repetitions (fresh splits and seeds) for the finalists
     finalists: int = 2                 # best points after one repetition that get the others
     epochs: int = None                 # None: about UPDATES gradient updates
-    candidates: int = 4                # shapes cross-validated in step 2
+    candidates: int = 6                # shapes cross-validated in step 2
     d_models: tuple = D_MODELS
     d_states: tuple = D_STATES
     n_layers: tuple = N_LAYERS
     augment: bool = True               # step 3: try augmentation on the winner
+    long: bool = True                  # step 3: try LONG x the training updates on the winner
     prune: bool = True                 # step 3: try twice the cycles taken down by guided pruning
     qat: bool = True                   # step 5: try a QAT fine-tune of the winner
     measure: bool = True               # export the chosen model and run it in QEMU
@@ -121,7 +123,7 @@ def check_options(o):
 
 def point(shape, costs_, kind, augment="", **extra):
     label = f"{kind} H={shape['d_model']} N={shape['d_state']} x{shape['n_layers']}" + (f" +{augment}" if augment else "") \
-        + (f" +qat{extra['qat']}" if extra.get("qat") else "")
+        + (" +long" if extra.get("long") else "") + (f" +qat{extra['qat']}" if extra.get("qat") else "")
     return {**{k: shape[k] for k in ("d_model", "d_state", "n_layers")}, "kind": kind, "augment": augment, "label": label,
             **{k: costs_[k] for k in ("flash_bytes", "ram_bytes", "macs_per_step", "cycles_per_step", "latency_us",
                                       "params")}, **extra}
@@ -153,9 +155,8 @@ def search(o, shared, grid, feasible, budget, board, executor, log):
     points = cross_validate([point(p, p, "direct") for p in largest(feasible, o.candidates)], shared, o, executor,
                             budget, log)
     winner = ranked(points)[0]
-    more = []
-    if o.augment:
-        more.append(point(winner, winner, "direct", AUGMENT))
+    more = [point(winner, winner, "direct", augment, long=long) for long in ((False, True) if o.long else (False,))
+            for augment in (("", AUGMENT) if o.augment else ("",)) if long or augment]
     big = twice(winner, grid, budget_of(FitOptions(), board)) if o.prune else None
     if big is not None:
         more.append(point(big, big, "pruned", prune_to=winner["cycles_per_step"], trained=dict(
@@ -173,7 +174,7 @@ def search(o, shared, grid, feasible, budget, board, executor, log):
     if not o.qat:
         return points, best
     qat = point(best, best, best["kind"], best["augment"], qat=best["coeff_bits"],
-                **{k: best[k] for k in ("prune_to", "trained") if k in best})
+                **{k: best[k] for k in ("prune_to", "trained", "long") if k in best})
     log(f"fit: {best['label']}: a QAT fine-tune of its {o.repeats * o.folds * o.seeds} fold models at "
         f"{best['coeff_bits']}-bit coefficients")
     points += cross_validate([qat], shared, o, executor, budget, log, repeats=range(o.repeats))
@@ -215,8 +216,8 @@ def fit(*, out, options=None, force=False, quiet=False) -> FitResult:
         points, chosen = search(o, shared, grid, feasible, budget, board, executor, log)
         for candidate in deploy_order(chosen, points):
             try:
-                model, test, final, firmware = deploy_point(candidate, loaded, meta, recipe, o, board, tmp, out,
-                                                            budget, log)
+                model, test, final, firmware = deploy_point(candidate, loaded, meta, o, board, tmp, out, budget,
+                                                            log)
                 break
             except MissedBudget as e:   # a pruned model (estimate) or a compiled one missed it: the next point
                 candidate["final_missed_budget"] = str(e)
@@ -229,7 +230,7 @@ def fit(*, out, options=None, force=False, quiet=False) -> FitResult:
         doc = {"format": "s4op-micro/fit-2", "dataset": loaded.name, "board": board.name, "budget": budget,
                "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(o).items()},
                "recipe": {**recipe, "folds": o.folds, "seeds": o.seeds, "repeats": o.repeats, "finalists": o.finalists,
-                          "updates": UPDATES, "coeff_bits": list(COEFF_BITS),
+                          "updates": UPDATES, "long": LONG, "coeff_bits": list(COEFF_BITS),
                           "selection": "highest mean int8 CV accuracy (integer reference on the held-out folds) of "
                                        "(shape, coefficient width) within the budget, ties: fewer cycles, less flash; "
                                        "the finalists cross-validated `repeats` times",
@@ -261,16 +262,16 @@ def deploy_order(chosen, points):
                        and not p.get("qat")]
 
 
-def deploy_point(chosen, loaded, meta, recipe, o, board, tmp, out, budget, log):
+def deploy_point(chosen, loaded, meta, o, board, tmp, out, budget, log):
     """Train the chosen point on all training data, save OUT/model.pt, score it on the test set (reported
     only) and, with measure, export and run it: (model, test figures, final figures, firmware figures)."""
     log(f"fit: chosen {chosen['label']} at {chosen['coeff_bits']}-bit coefficients (int8 CV accuracy "
         f"{chosen['int8_cv_accuracy']:.4f}); training it on all {len(loaded.y_train)} training sequences")
-    model, final = final_model(chosen, loaded, meta, recipe, o, board, tmp, budget, log)
+    model, final = final_model(chosen, loaded, meta, o, board, tmp, budget, log)
     test = evaluate(model, loaded.x_test, loaded.y_test)
     final.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
-    hp = {**{k: chosen[k] for k in ("d_model", "d_state", "n_layers")}, **recipe, "augment": chosen["augment"],
-          "val_fraction": 0.0}
+    hp = {**{k: chosen[k] for k in ("d_model", "d_state", "n_layers")}, **final["recipe"],
+          "augment": chosen["augment"], "val_fraction": 0.0}
     metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "val_accuracy": None,
                "cv_accuracy": chosen["cv_accuracy"], "int8_cv_accuracy": chosen["int8_cv_accuracy"],
                "hyperparameters": hp, "seed": final["seed"],
@@ -287,17 +288,19 @@ def deploy_point(chosen, loaded, meta, recipe, o, board, tmp, out, budget, log):
     return model, test, final, firmware
 
 
-def final_model(chosen, loaded, meta, recipe, o, board, tmp, budget, log):
+def final_model(chosen, loaded, meta, o, board, tmp, budget, log):
     """The chosen recipe trained on all training data: of `seeds` seeds the lowest training loss; pruned
     to the budget if the pruned path won, QAT fine-tuned if the QAT point won. (model, figures)."""
     x, y = loaded.x_train, loaded.y_train
+    recipe = recipe_for(len(y), o.epochs, chosen.get("long"))
     runs = []
     for s in range(o.seeds):
         with one_thread():
             m = train_one(meta, chosen, x, y, recipe, chosen["augment"], o.seed + s)
         runs.append((evaluate(m, x, y)["loss"], s, m))
     loss, s, model = min(runs, key=lambda r: (r[0], r[1]))
-    final = {"seed": o.seed + s, "train_loss": loss, "train_losses": [r[0] for r in runs], "pruning": None}
+    final = {"seed": o.seed + s, "train_loss": loss, "train_losses": [r[0] for r in runs], "pruning": None,
+             "recipe": recipe}
     if chosen["kind"] == "pruned":
         work = tmp / "work"
         work.mkdir()

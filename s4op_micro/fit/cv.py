@@ -27,6 +27,7 @@ from .space import COEFF_BITS, COST_KEYS, costs, make_model, over_budget
 LR = 0.01
 UPDATES = 400
 MIN_EPOCHS, MAX_EPOCHS = 30, 100
+LONG = 4                    # a "long" point trains this many times the updates (and epochs)
 PRUNE_FINETUNE_EPOCHS = 5
 QAT_EPOCHS = 5              # the QAT fine-tune: a tenth of the training's learning rate, its batches, last epoch
 QAT_LR = LR / 10
@@ -44,10 +45,15 @@ def cv_splits(y, folds, seed):
     return [(np.sort(a), np.sort(b)) for a, b in kf.split(np.zeros(len(y)), y if strat else None)]
 
 
-def recipe_for(n, epochs=None):
+def recipe_for(n, epochs=None, long=False):
+    """Batches of n/10 sequences (8 to 32) and about UPDATES updates (LONG x as many for a long point),
+    in MIN_EPOCHS to MAX_EPOCHS epochs (LONG x MAX_EPOCHS)."""
     batch = max(8, min(32, n // 10))
+    k = LONG if long else 1
     if epochs is None:
-        epochs = int(min(MAX_EPOCHS, max(MIN_EPOCHS, round(UPDATES / math.ceil(n / batch)))))
+        epochs = int(min(k * MAX_EPOCHS, max(MIN_EPOCHS, round(k * UPDATES / math.ceil(n / batch)))))
+    else:
+        epochs *= k
     return {"lr": LR, "batch_size": batch, "epochs": epochs}
 
 
@@ -97,7 +103,7 @@ def cv_task(task, shared):
     tr, va = shared["folds"][task["repeat"]][task["fold"]]
     x_tr, x_va = _normalized(shared["x"][tr], shared["x"][va])
     y_tr, y_va = shared["y"][tr], shared["y"][va]
-    recipe = recipe_for(len(tr), shared["epochs"])
+    recipe = recipe_for(len(tr), shared["epochs"], task.get("long"))
     shape = {k: task[k] for k in ("d_model", "d_state", "n_layers")}
     model = train_one(shared, shape, x_tr, y_tr, recipe, task["augment"], task["seed"])
     out = {}
@@ -175,7 +181,7 @@ def summarize(p, budget):
 def cross_validate(points, shared, o, executor, budget, log, repeats=(0,)):
     """Add the runs of `repeats` (K folds x o.seeds seeds each) to every point, then summarize it; a line per point."""
     tasks = [{**{k: p[k] for k in ("d_model", "d_state", "n_layers")}, "augment": p["augment"],
-              "prune_to": p.get("prune_to"), "qat": p.get("qat"), "repeat": r, "fold": f, "seed": o.seed + r * o.seeds + s, "point": i}
+              "prune_to": p.get("prune_to"), "qat": p.get("qat"), "long": p.get("long"), "repeat": r, "fold": f, "seed": o.seed + r * o.seeds + s, "point": i}
              for i, p in enumerate(points) for r in repeats for f in range(o.folds) for s in range(o.seeds)]
     waiting = [len(tasks) // len(points)] * len(points)
     started = time.time()
