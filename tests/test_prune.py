@@ -16,10 +16,12 @@ from s4op_micro.core.boards import get_board
 from s4op_micro.models.checkpoint import load_model
 from s4op_micro.cli import main
 from s4op_micro.core.errors import UserError
+from s4op_micro.data import load_dataset
 from s4op_micro.models import SequenceClassifier
 from s4op_micro.prune import finetune, importance, latency
 from s4op_micro.prune.controller import exponential_budget
-from s4op_micro.prune.controller import Candidate, Context, Settings, random_bypass, run_s4op
+from s4op_micro.prune.controller import STEP, Candidate, Context, Settings, propose, random_bypass, run, run_s4op
+from s4op_micro.prune.parallel import Executor
 from s4op_micro.prune.operators import (Decision, Lineage, apply, effective_params, operators_kept,
                                         pruned_fraction, summary)
 from s4op_micro.prune.recipe import PUBLISHED_SEEDS, FinetuneRecipe
@@ -695,6 +697,40 @@ def test_oracle_prices_a_width_cut_as_qemu_measures_it():
         assert estimate == pytest.approx(measured, rel=0.03)
         a_full = analytic.cycles(model, lineage)
         assert (a_full - analytic.cycles(narrow, lineage)) / a_full == pytest.approx((full - measured) / full, rel=0.10)
+
+
+def guided_context(granularity, target_cycles=None):
+    """A guided controller's context on gunpoint, priced by the analytic oracle, its fine-tunes 1 epoch."""
+    settings = Settings(recipe=FinetuneRecipe.guided(0.01, 16, epochs=1, seeds=1), rates=(), granularity=granularity,
+                        target_cycles=target_cycles, bars=False, log=lambda msg: None)
+    data = load_dataset(name="gunpoint")
+    return Context(settings, data, latency.AnalyticOracle(get_board("cortex-m7")), Executor(data))
+
+
+def test_guided_lands_on_a_cycle_target_instead_of_overshooting_it(tiny_model):
+    """A target 1.5 modes' cycles below the model: a step of STEP (4 modes here), an operator or a
+    channel would go far past it; the kept model is at most one mode's cycles below it."""
+    model, _ = load_model(tiny_model)
+    lineage = Lineage.of(model)
+    oracle = latency.AnalyticOracle(get_board("cortex-m7"))
+    now = oracle.cycles(model, lineage)
+    one_mode = now - oracle.cycles(apply(model, Decision(modes={0: [(0, 0)]})), lineage)
+    target = now - 1.5 * one_mode
+    ctx = guided_context(("operator", "mode", "width"), target)
+    (_, kept), = run(Candidate(model, lineage, []), ctx)
+    assert target - one_mode <= oracle.cycles(kept.model, kept.lineage) <= target
+    assert ctx.stop_reason == f"cycle target {target:.0f} per step reached"
+
+
+def test_guided_width_step_cuts_no_more_channels_than_the_goal_needs():
+    torch.manual_seed(0)
+    model = SequenceClassifier(1, 2, d_model=24, d_state=8, n_layers=2).eval()  # a step may cut 2 channels
+    start = Candidate(model, Lineage.of(model), [])
+    ctx = guided_context(("width",))
+    (_, _, two), = propose(start, STEP, 1.0, ctx)
+    now, after = (ctx.oracle.estimate(c.model, c.lineage) for c in (start, two))
+    (_, _, one), = propose(start, STEP, 1.0, ctx, goal=now - 0.4 * (now - after))
+    assert (two.model.config["d_model"], one.model.config["d_model"]) == (22, 23)
 
 
 # --- distillation and the choice of the deployed model ------------------------------------------------
