@@ -756,6 +756,7 @@ def test_distillation_loss_mixes_labels_and_soft_targets():
 
 def test_deployed_model_is_the_cheapest_within_max_drop_on_the_selection_set():
     from s4op_micro.pipeline import cheapest_within
+    from s4op_micro.prune.finetune import tolerated_drop
 
     def m(strategy, cycles, selection, test):
         return dict(strategy=strategy, cycles_per_step=cycles, selection_accuracy=selection, accuracy=test)
@@ -767,3 +768,10 @@ def test_deployed_model_is_the_cheapest_within_max_drop_on_the_selection_set():
     assert cheapest_within(models, 2.0)["cycles_per_step"] == 50
     assert cheapest_within(models, 0.0) is None
     assert cheapest_within([dict(start, strategy="start"), *models[1:]], 0.5)["cycles_per_step"] == 80
+    # --max-drop is rounded up to whole selection sequences: on 50 one is 2 points, a 1-point budget
+    # tolerates one, not two; on 1000, 10
+    few = [dict(start, selection_accuracy=1.0, selection_n=50),
+           dict(m("guided", 70, 0.98, 0.9), selection_n=50), dict(m("guided", 50, 0.96, 0.9), selection_n=50)]
+    assert cheapest_within(few, 1.0)["cycles_per_step"] == 70 and cheapest_within(few, 4.0)["cycles_per_step"] == 50
+    assert cheapest_within([dict(x, selection_n=1000) for x in few], 1.0) is None
+    assert cheapest_within(few, 0.0) is None and tolerated_drop(1.0, 1000) == 1.0 and tolerated_drop(1.0, 543) > 1.0

@@ -5,6 +5,8 @@ runs the same in this process, in a spawned worker or on a Ray node. Fine-tunes 
 `forward_fn` adds the device and, with --qat, the fake-quantized forward of quant.qat.
 """
 
+import math
+
 import numpy as np
 import torch
 
@@ -80,6 +82,13 @@ def selection_set(data):
     sequences is damage the fine-tune did not repair, one on validation lost generalization."""
     n = SELECTION_TRAIN
     return np.concatenate([data.x_val, data.x_train[:n]]), np.concatenate([data.y_val, data.y_train[:n]])
+
+
+def tolerated_drop(max_drop, n):
+    """The points of selection accuracy --max-drop lets a pruned model lose on n selection sequences:
+    max_drop rounded up to whole sequences. On a small set a 1-point budget would otherwise mean "not
+    one sequence" (gunpoint: 50 sequences, one is 2 points), stricter than asked; 0 stays 0."""
+    return math.ceil(max_drop * n / 100 - 1e-9) * 100 / n if n else max_drop
 
 
 @torch.no_grad()
