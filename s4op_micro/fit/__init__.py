@@ -173,6 +173,8 @@ def search(o, shared, grid, feasible, budget, board, executor, log):
     best = ranked(finalists)[0]
     if not o.qat:
         return points, best
+    # its tasks retrain the winner's fold models (bit-identical: same split, seed and one thread) rather than
+    # ship trained models between workers; the training is the cheap part next to the QAT epochs
     qat = point(best, best, best["kind"], best["augment"], qat=best["coeff_bits"],
                 **{k: best[k] for k in ("prune_to", "trained", "long") if k in best})
     log(f"fit: {best['label']}: a QAT fine-tune of its {o.repeats * o.folds * o.seeds} fold models at "
