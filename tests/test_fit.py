@@ -40,10 +40,10 @@ def test_fit_end_to_end_writes_a_checkpoint_that_runs_bit_exactly(tmp_path, caps
     assert kinds[6][3] and len(kinds) == 7
     long = doc["points"][3]
     assert long["label"].endswith(" +long") and long["cv_runs"][0]["seed"] == doc["points"][2]["cv_runs"][0]["seed"]
-    # the 2 finalists and the QAT point: 3 repetitions of the 2 folds; the others: one
+    # the 4 finalists and the QAT point: 3 repetitions of the 2 folds; the others: one
     assert [len(p["cv_accuracies"]) for p in doc["points"]] == [6 if p.get("finalist") or p.get("qat") else 2
                                                                for p in doc["points"]]
-    assert sum(bool(p.get("finalist")) for p in doc["points"]) == 2
+    assert sum(bool(p.get("finalist")) for p in doc["points"]) == 4
     # both coefficient widths scored and priced on every point (a QAT point: its own); the deployed one is the point's
     assert all([w["coeff_bits"] for w in p["widths"]] == ([p["qat"]] if p.get("qat") else [8, 16]) for p in doc["points"])
     assert fw_bits_of(doc) == doc["chosen"]["coeff_bits"]

@@ -17,7 +17,9 @@ and write DIR/model.pt (a normal checkpoint), DIR/fit.json (every searched point
      with augmentation (scale,jitter), and both; and a shape of about twice its cycles trained and then
      taken down to the winner's cycles by guided pruning (prune.api.prune, strategy guided, target_cycles).
   4. Less luck: the `finalists` best points are cross-validated `repeats` times in all, each repeat
-     with a fresh stratified split and fresh seeds; the best finalist by int8 CV accuracy wins.
+     with a fresh stratified split and fresh seeds; the best finalist by int8 CV accuracy wins. Four by
+     default: step 3's variants are scored on the very folds that picked the winner, where its score is
+     biased up, so a variant as good as the winner often ranks below it on that one repetition.
   5. QAT (qat=True): the winner's fold models, the same ones (same splits and seeds), each get a
      quantization-aware fine-tune at the winner's width (cv.qat_tune: QAT_EPOCHS through the
      fake-quantized integer model) and are scored again; the QAT point is deployed only if its int8
@@ -77,7 +79,7 @@ class FitOptions:
     folds: int = 3
     seeds: int = 1                     # seeds per fold, and final models (lowest training loss kept)
     repeats: int = 3                   # K-fold repetitions (fresh splits and seeds) for the finalists
-    finalists: int = 2                 # best points after one repetition that get the others
+    finalists: int = 4                 # best points after one repetition that get the others (see search)
     epochs: int = None                 # None: about UPDATES gradient updates
     candidates: int = 6                # shapes cross-validated in step 2
     d_models: tuple = D_MODELS
