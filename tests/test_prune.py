@@ -560,7 +560,7 @@ def test_pareto_records_the_published_finetune_and_overrides(tiny_model, tmp_pat
     assert saved["finetune"]["s4op"] == ft  # the other strategy's record stays with its models
     g = saved["finetune"]["guided"]
     assert (g["lr"], g["epochs"], g["patience"], g["seeds"], g["bn_stats"], g["warmup_epochs"], g["grad_clip"]) == (
-        0.002, 1, 2, [0, 1], "re-estimated", 0, None)
+        0.002, 1, None, [0, 1], "re-estimated", 0, None)
     assert g["weight_decay"] == 0.01 and "per batch" in g["schedule"] and sorted(g["overrides"]) == [
         "--finetune-epochs", "--lr", "--seeds"]
     assert (ft["distill"], g["distill"]) == (0.0, 0.5)  # published: labels only; guided: half soft targets
@@ -576,6 +576,19 @@ def test_pareto_records_the_published_finetune_and_overrides(tiny_model, tmp_pat
     assert list(ft) == ["s4op"] and (ft["s4op"]["seeds"], ft["s4op"]["patience"], ft["s4op"]["warmup_epochs"]) == (
         [7, 123], 0, 1)
     assert sorted(ft["s4op"]["overrides"]) == ["--finetune-epochs", "--patience", "--seeds"]
+
+
+def test_guided_finetunes_spend_their_whole_budget(tiny_model, tmp_path, capsys):
+    # no early stopping: every kept model had seeds x epochs of fine-tuning (one-epoch steps included); with
+    # a patience of 2 on gunpoint's validation split, saturated early, these stopped after a few epochs
+    out = tmp_path / "budget"
+    code, _, err = run_cli(capsys, "prune", tiny_model, "--out", out, "--strategy", "guided", "--rates", "0.3,0.6",
+                           "--seeds", "1", "--finetune-epochs", "12", "--quiet")
+    assert code == 0, err
+    saved = json.loads((out / "pareto.json").read_text())
+    kept = [e for e in saved["models"] if e["strategy"] == "guided"]
+    assert len(kept) == 2 and all(e["finetune_epochs"] == 12 for e in kept)
+    assert saved["finetune"]["guided"]["early_stopping"].startswith("none")
 
 
 # --- width: whole residual channels (a narrower d_model) ------------------------------------------

@@ -64,7 +64,7 @@ def register(sub):
     p.add_argument("--finetune-epochs", type=at_least(1), help="epochs per candidate fine-tune (default s4op: the "
                    "published ones per dataset, e.g. 20 for UCR sets; guided: 5)")
     p.add_argument("--patience", type=at_least(0), help="early-stopping patience of the fine-tunes in epochs (default s4op: "
-                   "published per dataset, e.g. 6 for UCR sets; guided: 2)")
+                   "published per dataset, e.g. 6 for UCR sets; guided: none, the best epoch is reloaded)")
     p.add_argument("--lr", type=positive, help="fine-tune learning rate (default s4op: the published 1e-4; guided: a tenth "
                    "of the training one)")
     p.add_argument("--batch-size", type=at_least(1), help="fine-tune batch size (default: the training one)")
