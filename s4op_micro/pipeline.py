@@ -36,7 +36,7 @@ from .fit import FitOptions, fit
 from .models.checkpoint import load_checkpoint, load_model
 from .prune import pareto
 from .prune.api import PruneOptions, parse_rates, prune
-from .prune.finetune import tolerated_drop
+from .prune.finetune import within_drop
 from .prune.operators import Lineage, pruned_fraction
 from .toolchain.build import build
 from .train import evaluate_checkpoint, train
@@ -145,7 +145,8 @@ def _key(inputs):
 def cheapest_within(models, max_drop):
     """Among pareto.json's models, the cheapest guided one whose accuracy on the selection set
     (validation + training sequences, prune.finetune.selection_set) is within max_drop points of the
-    start model's, or one selection sequence where that is more (prune.finetune.tolerated_drop). Scoring the integer reference there instead was measured worse on the main job: on
+    start model's, or one selection sequence where that is more (prune.finetune.within_drop). Scoring
+    the integer reference there instead was measured worse on the main job: on
     gunpoint it rejected the 2.1x model for one of 50 sequences (its test accuracy: 0.67 points below
     the base's firmware), and on digits it let the same 2.2x model through as the float score (int8
     -0.2 points on 543 sequences, -1.7 on the test set). Test accuracy decides nothing: it is what we
@@ -154,7 +155,7 @@ def cheapest_within(models, max_drop):
     guided = [m for m in models if m["strategy"] == "guided"]
     start = next((m[key] for m in models if m["strategy"] in START), None)
     within = [m for m in guided if start is not None
-              and 100 * (start - m[key]) <= tolerated_drop(max_drop, m.get("selection_n")) + 1e-9]
+              and within_drop(start, m[key], max_drop, m.get("selection_n"))]
     return min(within, key=lambda m: (m["cycles_per_step"], -m[key])) if within else None
 
 

@@ -23,9 +23,8 @@ least loss increase per cycle saved wins; a one-epoch fine-tune follows it. At e
 is fine-tuned with what is left of the budget: len(seeds) x epochs of its own recipe
 (recipe.FinetuneRecipe.guided, which distills from the unpruned model), the most an s4op run with
 that recipe would spend. Stops when accuracy on the selection set (finetune.selection_set: validation
-+ training sequences) falls more than --max-drop points (at least one sequence: finetune.tolerated_drop)
-below the unpruned model's (that model is not
-kept), or once every budget given is met (cycles per step: --target-cycles, --target-ratio,
++ training sequences) falls more than --max-drop points (at least one sequence: finetune.within_drop)
+below the unpruned model's (that model is not kept), or once every budget given is met (cycles per step: --target-cycles, --target-ratio,
 --max-latency-us; bytes: --max-flash, --max-ram, from quant.cost.cost_report), past the last rate
 if need be. Past the rates, inside a segment of cycles, the steps land on the segment's goal instead
 of overshooting it (a cut the target did not ask for costs accuracy for nothing): a proposal that would
@@ -44,7 +43,7 @@ import numpy as np
 from ..quant.cost import cost_report
 from ..train import evaluate
 from . import importance
-from .finetune import damage_task, finetune_task, pack, selection_set, tolerated_drop, unpack
+from .finetune import damage_task, finetune_task, pack, selection_set, unpack, within_drop
 from .operators import Decision, apply, pruned_fraction
 
 DEFAULT_RATES = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -198,6 +197,7 @@ def random_bypass(current, budget, seed):
 def run_guided(start, ctx):
     s, current, seed = ctx.s, start, ctx.s.recipe.seeds[0]
     base_accuracy = ctx.selection(start.model)
+    n_selection = len(selection_set(ctx.data)[1])
 
     budgets = s.target_cycles is not None or s.max_flash is not None or s.max_ram is not None
 
@@ -255,8 +255,7 @@ def run_guided(start, ctx):
         current.epochs = used
         accuracy = ctx.selection(current.model)
         drop = 100 * (base_accuracy - accuracy)
-        n_selection = len(selection_set(ctx.data)[1])
-        if s.max_drop is not None and drop > tolerated_drop(s.max_drop, n_selection) + 1e-9:
+        if s.max_drop is not None and not within_drop(base_accuracy, accuracy, s.max_drop, n_selection):
             ctx.stop_reason = (f"selection accuracy {accuracy:.3f} at {current.rate:.1%} pruned is {drop:.1f} points "
                                f"below the unpruned model's {base_accuracy:.3f} (--max-drop {s.max_drop:g}, at least "
                                f"one of {n_selection} sequences); not kept")

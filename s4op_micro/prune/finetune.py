@@ -91,6 +91,11 @@ def tolerated_drop(max_drop, n):
     return math.ceil(max_drop * n / 100 - 1e-9) * 100 / n if n else max_drop
 
 
+def within_drop(base, accuracy, max_drop, n):
+    """Whether a selection accuracy (fraction) is within --max-drop points of the base's on n sequences."""
+    return 100 * (base - accuracy) <= tolerated_drop(max_drop, n) + 1e-9
+
+
 @torch.no_grad()
 def recalibrate_norms(model, x, forward=None):
     norms = [m for m in model.norms if isinstance(m, torch.nn.BatchNorm1d)]
