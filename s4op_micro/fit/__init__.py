@@ -20,11 +20,17 @@ and write DIR/model.pt (a normal checkpoint), DIR/fit.json (every searched point
      with a fresh stratified split and fresh seeds; the best finalist by int8 CV accuracy wins. Four by
      default: step 3's variants are scored on the very folds that picked the winner, where its score is
      biased up, so a variant as good as the winner often ranks below it on that one repetition.
-  5. QAT (qat=True): the winner's fold models, the same ones (same splits and seeds), each get a
+  5. Distillation (distill=True): the winner's recipe again, each fold model now also learning from the
+     mean logits of an ensemble of cv.TEACHERS models of that recipe trained on the same fold (the first
+     is the winner's own fold model; an ensemble of seeds folded into one model of the same cost). The
+     student starts from the winner's fold model's weights and batches: a paired comparison; it is
+     deployed only if its int8 CV accuracy is strictly higher.
+  6. QAT (qat=True): the winner's fold models, the same ones (same splits and seeds), each get a
      quantization-aware fine-tune at the winner's width (cv.qat_tune: QAT_EPOCHS through the
      fake-quantized integer model) and are scored again; the QAT point is deployed only if its int8
      CV accuracy is strictly higher (a paired comparison: it helps where rounding flips decisions).
-  6. Train the chosen recipe on all training data (`seeds` seeds, each keeping its last epoch of a
+  7. Train the chosen recipe on all training data (`seeds` seeds (a distilled point: each with its
+     teachers), each keeping its last epoch of a
      cosine schedule; the seed with the lowest training loss is kept), prune it if the pruned path
      won, QAT fine-tune it if the QAT point won, check it against the budget at its width, score it on
      the test set once (float and int8 at both widths: reported, chooses nothing) and, with
@@ -32,8 +38,8 @@ and write DIR/model.pt (a normal checkpoint), DIR/fit.json (every searched point
      way to the next point) and run it in QEMU (deploy): firmware accuracy and measured cycles per step.
 
 Recipe: AdamW (train.fit), lr 0.01, cosine over all batches, batches of n/10 sequences (8 to 32),
-about UPDATES updates (epochs clamped to [MIN_EPOCHS, MAX_EPOCHS]), the last epoch kept. Seed
-ensembles are not folded into one model (no distillation): `seeds` buys a lower-variance choice.
+about UPDATES updates (epochs clamped to [MIN_EPOCHS, MAX_EPOCHS]), the last epoch kept. `seeds`
+buys a lower-variance choice; an ensemble is folded into one model only by step 5's distillation.
 """
 
 import json
@@ -53,7 +59,7 @@ from ..models.checkpoint import load_model, save_checkpoint
 from ..prune.parallel import Executor, one_thread
 from ..train import dataset_record, evaluate, load_data_for
 from ..prune.latency import ANALYTIC
-from .cv import (LONG, QAT_EPOCHS, QAT_LR, UPDATES, cross_validate, cv_splits, int8_scores, prune_to, qat_tune,
+from .cv import (DISTILL_WEIGHT, LONG, QAT_EPOCHS, QAT_LR, TEACHERS, UPDATES, cross_validate, cv_splits, int8_scores, prune_to, qat_tune,
                  recipe_for, train_one)
 from .plot import mark_front, plot
 from .space import COEFF_BITS, budget_of, costs, largest, over_budget, price_grid
@@ -88,7 +94,8 @@ class FitOptions:
     augment: bool = True               # step 3: try augmentation on the winner
     long: bool = True                  # step 3: try LONG x the training updates on the winner
     prune: bool = True                 # step 3: try twice the cycles taken down by guided pruning
-    qat: bool = True                   # step 5: try a QAT fine-tune of the winner
+    distill: bool = True               # step 5: try folding an ensemble of the winner's recipe into it
+    qat: bool = True                   # step 6: try a QAT fine-tune of the winner
     measure: bool = True               # export the chosen model and run it in QEMU
     seed: int = 0
 
@@ -125,7 +132,8 @@ def check_options(o):
 
 def point(shape, costs_, kind, augment="", **extra):
     label = f"{kind} H={shape['d_model']} N={shape['d_state']} x{shape['n_layers']}" + (f" +{augment}" if augment else "") \
-        + (" +long" if extra.get("long") else "") + (f" +qat{extra['qat']}" if extra.get("qat") else "")
+        + (" +long" if extra.get("long") else "") + (f" +distill{extra['teachers']}" if extra.get("teachers") else "") \
+        + (f" +qat{extra['qat']}" if extra.get("qat") else "")
     return {**{k: shape[k] for k in ("d_model", "d_state", "n_layers")}, "kind": kind, "augment": augment, "label": label,
             **{k: costs_[k] for k in ("flash_bytes", "ram_bytes", "macs_per_step", "cycles_per_step", "latency_us",
                                       "params")}, **extra}
@@ -173,12 +181,19 @@ def search(o, shared, grid, feasible, budget, board, executor, log):
     for p in finalists:
         p["finalist"] = True
     best = ranked(finalists)[0]
+    # the variants below retrain the winner's fold models (bit-identical: same split, seed and one thread)
+    # rather than ship trained models between workers; they are compared with it fold model by fold model
+    recipe = {k: best[k] for k in ("prune_to", "trained", "long") if k in best}
+    if o.distill:
+        distilled = point(best, best, best["kind"], best["augment"], teachers=TEACHERS, **recipe)
+        log(f"fit: {best['label']}: its {o.repeats * o.folds * o.seeds} fold models distilled from ensembles of "
+            f"{TEACHERS} of their recipe")
+        points += cross_validate([distilled], shared, o, executor, budget, log, repeats=range(o.repeats))
+        best = ranked([best, distilled])[0]      # ties: no distillation
+        recipe = {k: best[k] for k in ("prune_to", "trained", "long", "teachers") if k in best}
     if not o.qat:
         return points, best
-    # its tasks retrain the winner's fold models (bit-identical: same split, seed and one thread) rather than
-    # ship trained models between workers; the training is the cheap part next to the QAT epochs
-    qat = point(best, best, best["kind"], best["augment"], qat=best["coeff_bits"],
-                **{k: best[k] for k in ("prune_to", "trained", "long") if k in best})
+    qat = point(best, best, best["kind"], best["augment"], qat=best["coeff_bits"], **recipe)
     log(f"fit: {best['label']}: a QAT fine-tune of its {o.repeats * o.folds * o.seeds} fold models at "
         f"{best['coeff_bits']}-bit coefficients")
     points += cross_validate([qat], shared, o, executor, budget, log, repeats=range(o.repeats))
@@ -242,7 +257,10 @@ def fit(*, out, options=None, force=False, quiet=False) -> FitResult:
                                   "rule": "the winner's fold models QAT fine-tuned at its width; deployed with QAT "
                                           "only if that int8 CV accuracy is strictly higher"},
                           "final": "all training data, last epoch; of the seeds the lowest training loss",
-                          "ensemble": "not folded (independent SSMs cannot be weight-averaged; no distillation)"},
+                          "distill": {"teachers": TEACHERS, "weight": DISTILL_WEIGHT, "tried": o.distill,
+                                      "rule": "the winner's fold models trained again with distillation from the "
+                                              "mean logits of that many models of their recipe; deployed distilled "
+                                              "only if that int8 CV accuracy is strictly higher"}},
                "train_sequences": int(len(loaded.y_train)), "test_sequences": int(len(loaded.y_test)),
                "points": points, "chosen": {**chosen, **final}, "firmware": firmware,
                "grid": [{k: g[k] for k in ("d_model", "d_state", "n_layers", "coeff_bits", "flash_bytes", "ram_bytes",
@@ -280,7 +298,8 @@ def deploy_point(chosen, loaded, meta, o, board, tmp, out, budget, log):
                "cv_accuracy": chosen["cv_accuracy"], "int8_cv_accuracy": chosen["int8_cv_accuracy"],
                "hyperparameters": hp, "seed": final["seed"],
                "fit": {"kind": chosen["kind"], "board": board.name, "budget": budget,
-                       "coeff_bits": chosen["coeff_bits"], "qat": chosen.get("qat")}}
+                       "coeff_bits": chosen["coeff_bits"], "qat": chosen.get("qat"),
+                       "teachers": chosen.get("teachers")}}
     extra = {"pruning": final.pop("pruning")} if final.get("pruning") else {}
     save_checkpoint(tmp / "model.pt", model, loaded.normalization, dataset_record(loaded, o.data, o.root), metrics,
                     **extra)
@@ -293,14 +312,15 @@ def deploy_point(chosen, loaded, meta, o, board, tmp, out, budget, log):
 
 
 def final_model(chosen, loaded, meta, o, board, tmp, budget, log):
-    """The chosen recipe trained on all training data: of `seeds` seeds the lowest training loss; pruned
-    to the budget if the pruned path won, QAT fine-tuned if the QAT point won. (model, figures)."""
+    """The chosen recipe trained on all training data: of `seeds` seeds the lowest training loss (a
+    distilled point: each from its own teachers); pruned to the budget if the pruned path won, QAT
+    fine-tuned if the QAT point won. (model, figures)."""
     x, y = loaded.x_train, loaded.y_train
     recipe = recipe_for(len(y), o.epochs, chosen.get("long"))
     runs = []
     for s in range(o.seeds):
         with one_thread():
-            m = train_one(meta, chosen, x, y, recipe, chosen["augment"], o.seed + s)
+            m = train_one(meta, chosen, x, y, recipe, chosen["augment"], o.seed + s, chosen.get("teachers") or 0)
         runs.append((evaluate(m, x, y)["loss"], s, m))
     loss, s, model = min(runs, key=lambda r: (r[0], r[1]))
     final = {"seed": o.seed + s, "train_loss": loss, "train_losses": [r[0] for r in runs], "pruning": None,

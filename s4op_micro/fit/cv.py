@@ -1,7 +1,8 @@
 """fit's cross-validation: K stratified folds of the training set (repeated with fresh splits for the
 finalists), one task per (point, repeat, fold, seed) on prune.parallel.Executor. A task trains on the
-fold's training part (pruned to a cycle target on the pruned path; on a QAT point then fine-tuned
-through the fake-quantized integer model at the point's width) and scores its held-out part twice:
+fold's training part (a distilled point: from the labels and an ensemble of teachers trained there
+first; pruned to a cycle target on the pruned path; on a QAT point then fine-tuned through the
+fake-quantized integer model at the point's width) and scores its held-out part twice:
 the float model, and the numpy integer reference (the firmware's exact arithmetic) at each coefficient
 width (a QAT point: its own), calibrated on the fold's training part as export calibrates on the
 training set."""
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..core.boards import get_board
 from ..core.errors import UserError
@@ -31,6 +33,12 @@ LONG = 4                    # a "long" point trains this many times the updates 
 PRUNE_FINETUNE_EPOCHS = 5
 QAT_EPOCHS = 5              # the QAT fine-tune: a tenth of the training's learning rate, its batches, last epoch
 QAT_LR = LR / 10
+# An ensemble folded into one model: the student learns from the labels and from the mean logits of
+# TEACHERS models of its own recipe and shape (seeds teacher_seeds), weighted as the pruning fine-tunes
+# weigh their teacher (train.distillation_loss at its temperature).
+TEACHERS = 3
+DISTILL_WEIGHT = 0.5
+TEACHER_SEED_STRIDE = 10_007  # teachers' extra seeds: far from every task's own seed (seed + r x seeds + s)
 
 
 def cv_splits(y, folds, seed):
@@ -71,10 +79,30 @@ def _normalized(x_train, *others):
     return [normalize(a, norm) for a in (x_train, *others)]
 
 
-def train_one(data, shape, x, y, recipe, augment, seed):
+class MeanLogits(torch.nn.Module):
+    """An ensemble as one teacher: the mean of its members' logits."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x):
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
+def teacher_seeds(seed, teachers):
+    """The first teacher is the undistilled model of this very seed; the others are fresh seeds."""
+    return [seed] + [seed + TEACHER_SEED_STRIDE * k for k in range(1, teachers)]
+
+
+def train_one(data, shape, x, y, recipe, augment, seed, teachers=0):
+    """A model of `shape` trained on (x, y); teachers=K: with distillation from K models of the same recipe
+    (the student starts from the same weights and batches as the undistilled model: a paired comparison)."""
+    teacher = MeanLogits([train_one(data, shape, x, y, recipe, augment, s) for s in teacher_seeds(seed, teachers)]) \
+        if teachers else None
     model = make_model(data, shape, seed)
     train_fit(model, _Split(x, y), recipe["epochs"], recipe["lr"], recipe["batch_size"], seed=seed, progress=False,
-              augment_with=parse_augment(augment))
+              augment_with=parse_augment(augment), teacher=teacher, distill=DISTILL_WEIGHT if teacher else 0.0)
     return model
 
 
@@ -105,7 +133,7 @@ def cv_task(task, shared):
     y_tr, y_va = shared["y"][tr], shared["y"][va]
     recipe = recipe_for(len(tr), shared["epochs"], task.get("long"))
     shape = {k: task[k] for k in ("d_model", "d_state", "n_layers")}
-    model = train_one(shared, shape, x_tr, y_tr, recipe, task["augment"], task["seed"])
+    model = train_one(shared, shape, x_tr, y_tr, recipe, task["augment"], task["seed"], task.get("teachers") or 0)
     out = {}
     if task.get("prune_to"):
         model, out = _pruned(model, shared, x_tr, y_tr, x_va, y_va, recipe, task)
@@ -181,7 +209,8 @@ def summarize(p, budget):
 def cross_validate(points, shared, o, executor, budget, log, repeats=(0,)):
     """Add the runs of `repeats` (K folds x o.seeds seeds each) to every point, then summarize it; a line per point."""
     tasks = [{**{k: p[k] for k in ("d_model", "d_state", "n_layers")}, "augment": p["augment"],
-              "prune_to": p.get("prune_to"), "qat": p.get("qat"), "long": p.get("long"), "repeat": r, "fold": f, "seed": o.seed + r * o.seeds + s, "point": i}
+              "prune_to": p.get("prune_to"), "qat": p.get("qat"), "long": p.get("long"),
+              "teachers": p.get("teachers"), "repeat": r, "fold": f, "seed": o.seed + r * o.seeds + s, "point": i}
              for i, p in enumerate(points) for r in repeats for f in range(o.folds) for s in range(o.seeds)]
     waiting = [len(tasks) // len(points)] * len(points)
     started = time.time()
