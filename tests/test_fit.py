@@ -1,7 +1,7 @@
 """`s4op-micro fit`: the search respects the budget, cross-validates on the training set only (repeated
 with fresh splits for the finalists), gives the same results on 1 and 2 workers, records every searched
-point, deploys the coefficient width whose int8 CV accuracy is best and QAT only where it raises the int8
-CV accuracy of the same fold models, gives way to the next point when a model misses the budget once
+point, deploys the coefficient width whose int8 CV accuracy is best, and distillation or QAT only where
+it raises the int8 CV accuracy of the same fold models, gives way to the next point when a model misses the budget once
 compiled, and writes a checkpoint that exports and runs bit-exactly on the host. Tiny search spaces and
 1-2 epochs."""
 
@@ -29,20 +29,20 @@ def test_fit_end_to_end_writes_a_checkpoint_that_runs_bit_exactly(tmp_path, caps
     out = tmp_path / "fit"
     code, res, err = run_cli_json(capsys, "fit", "--dataset", "gunpoint", "--out", out, "--d-models", "4,8",
                                   "--d-states", "4", "--n-layers", "1,2", "--candidates", "2", "--folds", "2",
-                                  "--epochs", "1", "--max-macs-per-step", "400", "--json")
+                                  "--epochs", "1", "--max-macs-per-step", "400", "--distill", "--json")
     assert code == 0, err
     doc = json.loads((out / "fit.json").read_text())
     # every searched point is recorded: the candidates, the winner with augmentation, trained longer and
-    # both, the pruned path, and the best finalist QAT fine-tuned
+    # both, the pruned path, the best finalist distilled from an ensemble, and the better of the two QAT fine-tuned
     kinds = [(p["kind"], p["augment"], bool(p.get("long")), bool(p.get("qat"))) for p in doc["points"]]
     assert kinds[:6] == [("direct", "", False, False), ("direct", "", False, False), ("direct", "scale,jitter", False, False),
                          ("direct", "", True, False), ("direct", "scale,jitter", True, False), ("pruned", "", False, False)]
-    assert kinds[6][3] and len(kinds) == 7
+    assert doc["points"][6]["teachers"] == 3 and not kinds[6][3] and kinds[7][3] and len(kinds) == 8
     long = doc["points"][3]
     assert long["label"].endswith(" +long") and long["cv_runs"][0]["seed"] == doc["points"][2]["cv_runs"][0]["seed"]
-    # the 4 finalists and the QAT point: 3 repetitions of the 2 folds; the others: one
-    assert [len(p["cv_accuracies"]) for p in doc["points"]] == [6 if p.get("finalist") or p.get("qat") else 2
-                                                               for p in doc["points"]]
+    # the 4 finalists, the distilled and the QAT point: 3 repetitions of the 2 folds; the others: one
+    assert [len(p["cv_accuracies"]) for p in doc["points"]] == [
+        6 if p.get("finalist") or p.get("qat") or p.get("teachers") else 2 for p in doc["points"]]
     assert sum(bool(p.get("finalist")) for p in doc["points"]) == 4
     # both coefficient widths scored and priced on every point (a QAT point: its own); the deployed one is the point's
     assert all([w["coeff_bits"] for w in p["widths"]] == ([p["qat"]] if p.get("qat") else [8, 16]) for p in doc["points"])
@@ -264,6 +264,88 @@ def test_a_qat_point_that_wins_the_cv_is_deployed_with_a_qat_fine_tune(tmp_path,
     assert res.chosen["qat"] == winner["coeff_bits"] and res.chosen["label"] == qat["label"]
     n_train = len(fit_module.load_dataset(name="gunpoint", val_fraction=0.0).y_train)
     assert tuned[-1] == n_train and len(tuned) == 2 * 2 + 1     # 2 repeats x 2 folds, then the final model
+
+
+def test_a_distilled_student_differs_from_its_undistilled_twin_only_by_its_teachers(monkeypatch):
+    """The paired comparison of step 5: the first teacher is the undistilled model of the student's own
+    seed, and with the soft targets weighted 0 the student is that very model, bit for bit (training the
+    teachers first does not move its weights or batches); weighted as fit weighs them, it is not."""
+    from s4op_micro.fit import cv
+
+    d = fit_module.load_dataset(name="gunpoint", val_fraction=0.0)
+    meta = {"n_channels": d.n_channels, "n_classes": d.n_classes, "seq_len": d.seq_len}
+    shape, recipe = {"d_model": 4, "d_state": 4, "n_layers": 1}, {"lr": 0.01, "batch_size": 8, "epochs": 2}
+    x, y = d.x_train[:24], d.y_train[:24]
+    plain = cv.train_one(meta, shape, x, y, recipe, "", 5).state_dict()
+    assert cv.teacher_seeds(5, 3)[0] == 5 and len(set(cv.teacher_seeds(5, 3))) == 3
+    distilled = cv.train_one(meta, shape, x, y, recipe, "", 5, teachers=3).state_dict()
+    assert any(not torch.equal(plain[k], distilled[k]) for k in plain)
+    monkeypatch.setattr(cv, "DISTILL_WEIGHT", 0.0)
+    twin = cv.train_one(meta, shape, x, y, recipe, "", 5, teachers=3).state_dict()
+    assert all(torch.equal(plain[k], twin[k]) for k in plain)
+    # the teacher is the ensemble's mean logits
+    members = [cv.train_one(meta, shape, x, y, recipe, "", s) for s in (1, 2)]
+    xb = torch.as_tensor(x[:4])
+    assert torch.allclose(cv.MeanLogits(members).eval()(xb), (members[0](xb) + members[1](xb)) / 2)
+
+
+def _distill_fit(tmp_path, **extra):
+    opts = {**TINY, "d_models": (4,), "n_layers": (1,), "repeats": 2, "distill": True, "epochs": 20, **extra}
+    res = fit(out=tmp_path / "a", options=FitOptions(**opts), quiet=True)
+    return res, json.loads((tmp_path / "a" / "fit.json").read_text())
+
+
+def test_distillation_is_deployed_only_where_it_raises_the_int8_cv_of_the_same_fold_models(tmp_path, monkeypatch):
+    """A real distillation of the winner's fold models (same splits and seeds), then one whose teachers
+    teach the wrong classes (their logits negated, the labels' weight 0), which is recorded but not
+    deployed; then one made to win (int8 made to lose for every model trained without teachers): it is
+    deployed, and the final model is trained on all the training data with its own teachers."""
+    from s4op_micro import fit as fit_pkg
+    from s4op_micro.fit import cv
+
+    res, doc = _distill_fit(tmp_path)
+    winner, distilled = doc["points"]
+    assert distilled["teachers"] == 3 and distilled["label"] == winner["label"] + " +distill3"
+    assert [(r["repeat"], r["fold"], r["seed"]) for r in distilled["cv_runs"]] == \
+        [(r["repeat"], r["fold"], r["seed"]) for r in winner["cv_runs"]]
+    with_distill = distilled["int8_cv_accuracy"] > winner["int8_cv_accuracy"]
+    assert load_model(res.model)[1]["metrics"]["fit"]["teachers"] == (3 if with_distill else None)
+    assert doc["recipe"]["distill"]["tried"] and doc["recipe"]["distill"]["teachers"] == 3
+
+    monkeypatch.setattr(cv, "DISTILL_WEIGHT", 1.0)
+    monkeypatch.setattr(cv.MeanLogits, "forward", lambda self, x: -torch.stack([m(x) for m in self.members]).mean(0))
+    res, doc = _distill_fit(tmp_path / "wrong")
+    winner, distilled = doc["points"]
+    assert winner["int8_cv_accuracy"] > 0.5 and distilled["int8_cv_accuracy"] < winner["int8_cv_accuracy"]
+    assert not res.chosen.get("teachers") and res.chosen["label"] == winner["label"]
+    monkeypatch.undo()
+
+    taught = []
+    real_fit, real_quantize = cv.train_fit, reference.quantize_model
+
+    def marking(model, data, *a, teacher=None, **kw):
+        model.taught = teacher is not None
+        if teacher is not None:
+            taught.append(len(data.y_train))
+        return real_fit(model, data, *a, teacher=teacher, **kw)
+
+    def lossy(model, calib_x, coeff_bits=8):
+        q = real_quantize(model, calib_x, coeff_bits=coeff_bits)
+        if not getattr(model, "taught", False):
+            q.dec.w = -np.maximum(q.dec.w, -127)
+            q.dec.bias_eff = -q.dec.bias_eff
+        return q
+
+    monkeypatch.setattr(cv, "train_fit", marking)
+    monkeypatch.setattr(reference, "quantize_model", lossy)
+    res, doc = _distill_fit(tmp_path / "wins")
+    winner, distilled = doc["points"]
+    assert distilled["int8_cv_accuracy"] > winner["int8_cv_accuracy"]
+    assert res.chosen["teachers"] == 3 and res.chosen["label"] == distilled["label"]
+    assert load_model(res.model)[1]["metrics"]["fit"]["teachers"] == 3
+    n_train = len(fit_module.load_dataset(name="gunpoint", val_fraction=0.0).y_train)
+    assert taught[-1] == n_train and len(taught) == 2 * 2 + 1     # 2 repeats x 2 folds, then the final model
+    assert fit_pkg.train_one is cv.train_one
 
 
 def test_a_model_that_misses_the_flash_budget_once_compiled_gives_way_to_the_next_point(tmp_path, monkeypatch):

@@ -102,7 +102,7 @@ def train_one(data, shape, x, y, recipe, augment, seed, teachers=0):
         if teachers else None
     model = make_model(data, shape, seed)
     train_fit(model, _Split(x, y), recipe["epochs"], recipe["lr"], recipe["batch_size"], seed=seed, progress=False,
-              augment_with=parse_augment(augment), teacher=teacher, distill=DISTILL_WEIGHT if teacher else 0.0)
+              augment_with=parse_augment(augment), teacher=teacher, distill=DISTILL_WEIGHT if teachers else 0.0)
     return model
 
 
