@@ -62,8 +62,8 @@ from ..models.checkpoint import load_model, save_checkpoint
 from ..prune.parallel import Executor, one_thread
 from ..train import dataset_record, evaluate, load_data_for
 from ..prune.latency import ANALYTIC
-from .cv import (DISTILL_WEIGHT, LONG, QAT_EPOCHS, QAT_LR, TEACHERS, UPDATES, cross_validate, cv_splits, int8_scores, prune_to, qat_tune,
-                 recipe_for, train_one)
+from .cv import (DISTILL_WEIGHT, LONG, QAT_EPOCHS, QAT_LR, TEACHERS, UPDATES, cross_validate, cv_splits, int8_scores,
+                 prune_to, qat_tune, recipe_for, train_one)
 from .plot import mark_front, plot
 from .space import COEFF_BITS, budget_of, costs, largest, over_budget, price_grid
 
@@ -260,7 +260,8 @@ def fit(*, out, options=None, force=False, quiet=False) -> FitResult:
                           "qat": {"epochs": QAT_EPOCHS, "lr": QAT_LR, "tried": o.qat,
                                   "rule": "the winner's fold models QAT fine-tuned at its width; deployed with QAT "
                                           "only if that int8 CV accuracy is strictly higher"},
-                          "final": "all training data, last epoch; of the seeds the lowest training loss",
+                          "final": "all training data, last epoch (a distilled point: with its own teachers); of "
+                                   "the seeds the lowest training loss",
                           "distill": {"teachers": TEACHERS, "weight": DISTILL_WEIGHT, "tried": o.distill,
                                       "rule": "the winner's fold models trained again with distillation from the "
                                               "mean logits of that many models of their recipe; deployed distilled "
