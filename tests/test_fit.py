@@ -233,6 +233,19 @@ def test_qat_is_tried_on_the_winners_own_fold_models_and_kept_only_if_its_int8_c
     assert not res.chosen.get("qat") and res.chosen["label"] == winner["label"]
 
 
+def lossy_unless(mark):
+    """reference.quantize_model with the decoder negated (int8 loses) for every model without the attribute `mark`."""
+    real = reference.quantize_model
+
+    def lossy(model, calib_x, coeff_bits=8):
+        q = real(model, calib_x, coeff_bits=coeff_bits)
+        if not getattr(model, mark, False):
+            q.dec.w = -np.maximum(q.dec.w, -127)
+            q.dec.bias_eff = -q.dec.bias_eff
+        return q
+    return lossy
+
+
 def test_a_qat_point_that_wins_the_cv_is_deployed_with_a_qat_fine_tune(tmp_path, monkeypatch):
     """int8 made to lose for every model that was not QAT fine-tuned (its decoder negated by the
     reference's quantizer): the QAT point wins the CV, and the final model is QAT fine-tuned too."""
@@ -246,18 +259,9 @@ def test_a_qat_point_that_wins_the_cv_is_deployed_with_a_qat_fine_tune(tmp_path,
         tuned.append(len(y))
         return model
 
-    real = reference.quantize_model
-
-    def lossy(model, calib_x, coeff_bits=8):
-        q = real(model, calib_x, coeff_bits=coeff_bits)
-        if not getattr(model, "qat_tuned", False):
-            q.dec.w = -np.maximum(q.dec.w, -127)
-            q.dec.bias_eff = -q.dec.bias_eff
-        return q
-
     monkeypatch.setattr(cv, "qat_tune", marking)
     monkeypatch.setattr(fit_pkg, "qat_tune", marking)
-    monkeypatch.setattr(reference, "quantize_model", lossy)
+    monkeypatch.setattr(reference, "quantize_model", lossy_unless("qat_tuned"))
     res, doc = _qat_fit(tmp_path)
     winner, qat = doc["points"]
     assert qat["int8_cv_accuracy"] > winner["int8_cv_accuracy"]
@@ -321,7 +325,7 @@ def test_distillation_is_deployed_only_where_it_raises_the_int8_cv_of_the_same_f
     monkeypatch.undo()
 
     taught = []
-    real_fit, real_quantize = cv.train_fit, reference.quantize_model
+    real_fit = cv.train_fit
 
     def marking(model, data, *a, teacher=None, **kw):
         model.taught = teacher is not None
@@ -329,15 +333,8 @@ def test_distillation_is_deployed_only_where_it_raises_the_int8_cv_of_the_same_f
             taught.append(len(data.y_train))
         return real_fit(model, data, *a, teacher=teacher, **kw)
 
-    def lossy(model, calib_x, coeff_bits=8):
-        q = real_quantize(model, calib_x, coeff_bits=coeff_bits)
-        if not getattr(model, "taught", False):
-            q.dec.w = -np.maximum(q.dec.w, -127)
-            q.dec.bias_eff = -q.dec.bias_eff
-        return q
-
     monkeypatch.setattr(cv, "train_fit", marking)
-    monkeypatch.setattr(reference, "quantize_model", lossy)
+    monkeypatch.setattr(reference, "quantize_model", lossy_unless("taught"))
     res, doc = _distill_fit(tmp_path / "wins")
     winner, distilled = doc["points"]
     assert distilled["int8_cv_accuracy"] > winner["int8_cv_accuracy"]
