@@ -1,9 +1,9 @@
 """`s4op-micro fit`: the search respects the budget, cross-validates on the training set only (repeated
 with fresh splits for the finalists), gives the same results on 1 and 2 workers, records every searched
 point, deploys the coefficient width whose int8 CV accuracy is best, and distillation or QAT only where
-it raises the int8 CV accuracy of the same fold models, gives way to the next point when a model misses the budget once
-compiled, and writes a checkpoint that exports and runs bit-exactly on the host. Tiny search spaces and
-1-2 epochs."""
+it raises the int8 CV accuracy of the same fold models, gives way to the next point when a model misses
+the budget once compiled, and writes a checkpoint that exports and runs bit-exactly on the host. Tiny
+search spaces and 1-2 epochs."""
 
 import json
 from pathlib import Path
@@ -33,7 +33,8 @@ def test_fit_end_to_end_writes_a_checkpoint_that_runs_bit_exactly(tmp_path, caps
     assert code == 0, err
     doc = json.loads((out / "fit.json").read_text())
     # every searched point is recorded: the candidates, the winner with augmentation, trained longer and
-    # both, the pruned path, the best finalist distilled from an ensemble, and the better of the two QAT fine-tuned
+    # both, the pruned path, the best finalist distilled from an ensemble, and the better of those two QAT
+    # fine-tuned
     kinds = [(p["kind"], p["augment"], bool(p.get("long")), bool(p.get("qat"))) for p in doc["points"]]
     assert kinds[:6] == [("direct", "", False, False), ("direct", "", False, False), ("direct", "scale,jitter", False, False),
                          ("direct", "", True, False), ("direct", "scale,jitter", True, False), ("pruned", "", False, False)]
