@@ -146,10 +146,10 @@ def cheapest_within(models, max_drop):
     """Among pareto.json's models, the cheapest guided one whose accuracy on the selection set
     (validation + training sequences, prune.finetune.selection_set) is within max_drop points of the
     start model's, or one selection sequence where that is more (prune.finetune.within_drop). Scoring
-    the integer reference there instead was measured worse on the main job: on
-    gunpoint it rejected the 2.1x model for one of 50 sequences (its test accuracy: 0.67 points below
-    the base's firmware), and on digits it let the same 2.2x model through as the float score (int8
-    -0.2 points on 543 sequences, -1.7 on the test set). Test accuracy decides nothing: it is what we
+    the integer reference there instead was measured worse on the main job: on gunpoint it rejected
+    the 2.1x model for one of 50 sequences (its test accuracy: 0.67 points below the base's firmware),
+    and on digits it let the same 2.2x model through as the float score (int8 -0.2 points on 543
+    sequences, -1.7 on the test set). Test accuracy decides nothing: it is what we
     report. None when no pruned model qualifies."""
     key = "selection_accuracy"
     guided = [m for m in models if m["strategy"] == "guided"]

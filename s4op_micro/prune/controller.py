@@ -24,13 +24,13 @@ is fine-tuned with what is left of the budget: len(seeds) x epochs of its own re
 (recipe.FinetuneRecipe.guided, which distills from the unpruned model), the most an s4op run with
 that recipe would spend. Stops when accuracy on the selection set (finetune.selection_set: validation
 + training sequences) falls more than --max-drop points (at least one sequence: finetune.within_drop)
-below the unpruned model's (that model is not kept), or once every budget given is met (cycles per step: --target-cycles, --target-ratio,
---max-latency-us; bytes: --max-flash, --max-ram, from quant.cost.cost_report), past the last rate
-if need be. Past the rates, inside a segment of cycles, the steps land on the segment's goal instead
-of overshooting it (a cut the target did not ask for costs accuracy for nothing): a proposal that would
-go below the goal takes only about as many units as the cycles still to go need, the cycles past the
-goal earn it nothing, and one that would save more than twice the cycles still to go ranks after every
-proposal that does not.
+below the unpruned model's (that model is not kept), or once every budget given is met (cycles per
+step: --target-cycles, --target-ratio, --max-latency-us; bytes: --max-flash, --max-ram, from
+quant.cost.cost_report), past the last rate if need be. Past the rates, inside a segment of cycles,
+the steps land on the segment's goal instead of overshooting it (a cut the target did not ask for
+costs accuracy for nothing): a proposal that would go below the goal takes only about as many units
+as the cycles still to go need, the cycles past the goal earn it nothing, and one that would save
+more than twice the cycles still to go ranks after every proposal that does not.
 """
 
 import math
