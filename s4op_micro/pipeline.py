@@ -159,6 +159,15 @@ def cheapest_within(models, max_drop):
     return min(within, key=lambda m: (m["cycles_per_step"], -m[key])) if within else None
 
 
+def selection_blind(models):
+    """True when the selection set scored the start model and every guided one alike (arrowhead's 36
+    sequences: 1.000 for all, at every seed run): then --max-drop cannot bind, the cycle target alone
+    chose, and only the test set shows what pruning cost. The main job says so instead of claiming a
+    budget it could not check."""
+    key = "selection_accuracy"
+    return len({round(m[key], 9) for m in models if m["strategy"] in START or m["strategy"] == "guided"}) == 1
+
+
 def milestones_after(rates, checkpoint):
     """The guided milestones above the state fraction the checkpoint is already pruned to (an imported
     S4oP model may start past some); none left: one halfway from there to fully pruned."""
@@ -198,15 +207,21 @@ def run_stage(stage, o, run, results):
                                **(GUIDED if strategy == "guided" else S4OP))
         return {strategy: prune(base, run / "prune", options, measure=deploy.firmware_measure).to_dict()}
     if stage == "export":
-        pick = cheapest_within(_pareto_models(run), o.max_drop)
+        models = _pareto_models(run)
+        pick = cheapest_within(models, o.max_drop)
+        blind = pick is not None and selection_blind(models)
         if pick is None:
             log("pipeline", f"no pruned model is within --max-drop {o.max_drop:g} points of the base: "
                 "deploying the base model as `pruned` too")
-        chosen = ({**pick, "within_budget": True} if pick else
+        elif blind:
+            log("pipeline", f"warning: the selection set ({pick.get('selection_n')} sequences) scored every model "
+                f"{pick['selection_accuracy']:.3f}, as the base: --max-drop could not bind; see the test columns")
+        chosen = ({**pick, "within_budget": True, "selection_blind": blind} if pick else
                   {"strategy": "none", "rate": 0.0, "path": str(base), "within_budget": False})
         pareto.mark_chosen(run / "prune", chosen["path"] if pick else
-                           next(m["path"] for m in _pareto_models(run) if m["strategy"] in START),
-                           "deployed" if pick else "deployed (none within --max-drop)")
+                           next(m["path"] for m in models if m["strategy"] in START),
+                           ("deployed (selection set blind)" if blind else "deployed") if pick
+                           else "deployed (none within --max-drop)")
         out = {"chosen": chosen}
         for name, model in (("base", base), ("pruned", chosen["path"])):
             out[name] = deploy.export(model, board=o.board, out=exports[name], formats="c,tflm", force=True,
@@ -319,6 +334,10 @@ def results_table(results, board):
     what = (f"{chosen['strategy']} at {chosen['rate']:.0%} of the state (d_model {chosen.get('d_model', '-')}), "
             "the cheapest within the accuracy budget"
             if chosen["within_budget"] else "none met the accuracy budget: the base model is deployed")
+    if chosen.get("selection_blind"):
+        what += (f" (but the selection set, {chosen.get('selection_n')} sequences, scored the base and every guided "
+                 f"model {chosen['selection_accuracy']:.3f}: the budget could not bind on this data, the cycle target "
+                 "chose, and only the test columns show what pruning cost)")
     lines += [
         "",
         f"board {board}; accuracies are test-set fractions (float = PyTorch, int8 ref = numpy integer reference, "

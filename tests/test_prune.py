@@ -788,3 +788,19 @@ def test_deployed_model_is_the_cheapest_within_max_drop_on_the_selection_set():
     assert cheapest_within(few, 1.0)["cycles_per_step"] == 70 and cheapest_within(few, 4.0)["cycles_per_step"] == 50
     assert cheapest_within([dict(x, selection_n=1000) for x in few], 1.0) is None
     assert cheapest_within(few, 0.0) is None and tolerated_drop(1.0, 1000) == 1.0 and tolerated_drop(1.0, 543) > 1.0
+
+
+def test_the_main_job_says_when_the_selection_set_cannot_see_a_loss():
+    """arrowhead: its 36 selection sequences scored the base and every guided model 1.000 at every seed
+    run, while the 2x models lost 5-6 test points at two of them. Then the budget could not bind, and
+    the results say so. One guided model the set tells apart is enough to make it bind (s4op models
+    are not candidates: their scores do not count)."""
+    from s4op_micro.pipeline import selection_blind
+
+    def m(strategy, cycles, selection):
+        return dict(strategy=strategy, cycles_per_step=cycles, selection_accuracy=selection, selection_n=36)
+    saturated = [m("unpruned", 100, 1.0), m("guided", 80, 1.0), m("guided", 50, 1.0), m("s4op", 70, 0.6)]
+    assert selection_blind(saturated)
+    assert selection_blind([dict(saturated[0], strategy="start"), *saturated[1:]])
+    assert not selection_blind([*saturated, m("guided", 40, 35 / 36)])
+    assert not selection_blind([m("unpruned", 100, 35 / 36), m("guided", 80, 1.0)])
