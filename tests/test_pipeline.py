@@ -21,6 +21,8 @@ def test_pipeline_end_to_end_and_resumable(tmp_path, capsys):
     assert sum(pruned["operators"]) < sum(base["operators"])
     assert pruned["instructions/step"] < base["instructions/step"]  # pruned operators are really gone
     assert (run / "results.md").exists() and (run / "layers.png").exists() and (run / "prune" / "pareto.png").exists()
+    # results.md says that --max-drop could not bind exactly when the selection set scored every model alike
+    assert ("the budget could not bind" in (run / "results.md").read_text()) == result["chosen"]["selection_blind"]
     stages = json.loads((run / "stages.json").read_text())["results"]
 
     # A second run redoes nothing: every stage keeps its recorded result.
