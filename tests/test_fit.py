@@ -376,3 +376,41 @@ def test_a_long_point_trains_about_four_times_the_updates():
     assert recipe_for(33, long=True)["epochs"] == LONG * 80
     assert recipe_for(958)["epochs"] == MIN_EPOCHS and recipe_for(958, long=True)["epochs"] == 53   # 1,600 updates
     assert recipe_for(33, epochs=3, long=True)["epochs"] == 3 * LONG
+
+
+def test_the_variants_of_a_shape_that_wins_the_repetitions_are_tried_too(monkeypatch):
+    """Step 3 varies the first repetition's winner (A); when the repetitions crown another shape (B), B's
+    own variants (augmented, long, both) are cross-validated on every repetition and may win. Scores
+    are scripted (a fake cross_validate); the search's logic is real."""
+    calls = []
+
+    def scripted(scores):
+        def cross_validate(points, shared, o, executor, budget, log, repeats=(0,)):
+            calls.append(([p["label"] for p in points], list(repeats)))
+            for p in points:
+                p.update(int8_cv_accuracy=scores[p["label"]][0 if list(repeats) == [0] else -1], over=[], coeff_bits=8)
+            return points
+        return cross_validate
+
+    def costs(cycles):
+        return {"flash_bytes": 5000, "ram_bytes": 500, "macs_per_step": 900, "cycles_per_step": cycles,
+                "latency_us": 1.0, "params": 100}
+    feasible = [{"d_model": 8, "d_state": 4, "n_layers": 1, **costs(3000.0)},
+                {"d_model": 4, "d_state": 8, "n_layers": 1, **costs(2900.0)}]
+    o = FitOptions(dataset="gunpoint", augment=True, long=True, prune=False, qat=False, repeats=3, finalists=2)
+    a, b = "direct H=8 N=4 x1", "direct H=4 N=8 x1"
+    scores = {a: (0.90, 0.85), b: (0.87, 0.95), a + " +scale,jitter": (0.86,), a + " +long": (0.84,),
+              a + " +scale,jitter +long": (0.83,), b + " +scale,jitter": (0.97,), b + " +long": (0.93,),
+              b + " +scale,jitter +long": (0.96,)}
+    monkeypatch.setattr(fit_module, "cross_validate", scripted(scores))
+    points, best = fit_module.search(o, {}, feasible, feasible, {}, None, None, lambda msg: None)
+    assert calls[0][1] == [0] and calls[1] == ([a + " +scale,jitter", a + " +long", a + " +scale,jitter +long"], [0])
+    assert calls[2] == ([a, b], [1, 2])                                    # A and B are the finalists; B wins them
+    assert calls[3] == ([b + " +scale,jitter", b + " +long", b + " +scale,jitter +long"], [0, 1, 2])
+    assert best["label"] == b + " +scale,jitter" and best["finalist"] and len(points) == 8
+
+    # the repetitions keep step 3's winner: no late variants
+    calls.clear()
+    monkeypatch.setattr(fit_module, "cross_validate", scripted({**scores, b: (0.87, 0.84)}))
+    points, best = fit_module.search(o, {}, feasible, feasible, {}, None, None, lambda msg: None)
+    assert len(calls) == 3 and len(points) == 5 and best["label"] == a

@@ -19,7 +19,10 @@ and write DIR/model.pt (a normal checkpoint), DIR/fit.json (every searched point
   4. Less luck: the `finalists` best points are cross-validated `repeats` times in all, each repeat
      with a fresh stratified split and fresh seeds; the best finalist by int8 CV accuracy wins. Four by
      default: step 3's variants are scored on the very folds that picked the winner, where its score is
-     biased up, so a variant as good as the winner often ranks below it on that one repetition.
+     biased up, so a variant as good as the winner often ranks below it on that one repetition. When
+     the best finalist is another shape than step 3's winner, its own variants are cross-validated on
+     every repetition too and compete with it (gunpoint seed 2: H=8 N=4 x4 won the repetitions over
+     H=24 N=8 x1, whose variants step 3 had tried; its own augmented variant had never been trained).
   5. Distillation (distill=True; off by default): the winner's recipe again, each fold model now also
      learning from the mean logits of an ensemble of cv.TEACHERS models of that recipe trained on the
      same fold (the first is the winner's own fold model): an ensemble of seeds folded into one model of
@@ -150,6 +153,16 @@ def ranked(points):
                                          -p["flash_bytes"]), reverse=True)
 
 
+def shape_of(p):
+    return tuple(p[k] for k in ("d_model", "d_state", "n_layers"))
+
+
+def variants(p, o):
+    """Step 3's alternatives to a plain direct point: its shape trained LONG x longer, with augmentation, and both."""
+    return [point(p, p, "direct", augment, long=long) for long in ((False, True) if o.long else (False,))
+            for augment in (("", AUGMENT) if o.augment else ("",)) if long or augment]
+
+
 def twice(winner, grid, board_budget):
     """A shape of about PRUNE_FACTOR x the winner's cycles, no narrower, shallower or smaller-state,
     within the board (it is pruned to the budget later); None if the grid has none."""
@@ -169,8 +182,7 @@ def search(o, shared, grid, feasible, budget, board, executor, log):
     points = cross_validate([point(p, p, "direct") for p in largest(feasible, o.candidates)], shared, o, executor,
                             budget, log)
     winner = ranked(points)[0]
-    more = [point(winner, winner, "direct", augment, long=long) for long in ((False, True) if o.long else (False,))
-            for augment in (("", AUGMENT) if o.augment else ("",)) if long or augment]
+    more = variants(winner, o)
     big = twice(winner, grid, budget_of(FitOptions(), board)) if o.prune else None
     if big is not None:
         more.append(point(big, big, "pruned", prune_to=winner["cycles_per_step"], trained=dict(
@@ -185,6 +197,13 @@ def search(o, shared, grid, feasible, budget, board, executor, log):
     for p in finalists:
         p["finalist"] = True
     best = ranked(finalists)[0]
+    late = variants(best, o) if best["kind"] == "direct" and shape_of(best) != shape_of(winner) else []
+    if late:   # the repetitions crowned a shape step 3 did not vary: its variants, on every repetition
+        log(f"fit: {best['label']} won the repetitions: its variants on all {o.repeats} of them")
+        points += cross_validate(late, shared, o, executor, budget, log, repeats=range(o.repeats))
+        for p in late:
+            p["finalist"] = True
+        best = ranked([best, *late])[0]
     # the variants below retrain the winner's fold models (bit-identical: same split, seed and one thread)
     # rather than ship trained models between workers; they are compared with it fold model by fold model
     recipe = {k: best[k] for k in ("prune_to", "trained", "long") if k in best}
